@@ -1,0 +1,117 @@
+"""The checkpoint contract: a Hugging Face folder plus h3ops.json saying what produced it.
+
+Every step that writes a checkpoint (train, merge) writes it into a hidden temporary sibling and
+renames it into place only when complete, so a crash never leaves a half-written model behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from h3ops import __version__
+
+MANIFEST = "h3ops.json"
+SAFE_INDEX = "model.safetensors.index.json"
+PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that breaks the contract; the message names the folder and the fault."""
+
+
+@dataclass
+class Manifest:
+    kind: str  # base | candidate | continual | merged
+    produced_by: str  # e.g. "h3ops.merge", "h3ops.train.dpo"
+    parents: list[dict[str, str]] = field(default_factory=list)  # [{"uri":…, "digest":…}]
+    method: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    dimension: str | None = None
+    data_digests: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    library_version: str = __version__
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+    def write(self, folder: str | Path) -> Path:
+        path = Path(folder) / MANIFEST
+        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True, default=str) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "Manifest":
+        path = Path(folder) / MANIFEST
+        if not path.is_file():
+            raise CheckpointError(f"{folder}: no {MANIFEST} (not produced by h3ops)")
+        data = json.loads(path.read_text())
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def read_manifest(folder: str | Path) -> Manifest | None:
+    """The folder's manifest, or None for a plain Hugging Face folder (e.g. a base model)."""
+    return Manifest.read(folder) if (Path(folder) / MANIFEST).is_file() else None
+
+
+def weight_files(folder: str | Path, allow_pickle: bool = False) -> list[Path]:
+    """The safetensors files holding a checkpoint's weights, in index order.
+
+    Pickle checkpoints (`pytorch_model.bin`) can run code when loaded: refused unless allowed.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: not a checkpoint folder (does not exist)")
+    index = root / SAFE_INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{index}: unreadable index ({e})") from e
+        names = list(dict.fromkeys(weight_map.values()))
+        missing = [n for n in names if not (root / n).is_file()]
+        if missing:
+            raise CheckpointError(f"{root}: index names missing shard(s) {missing}")
+        return [root / n for n in names]
+    single = root / "model.safetensors"
+    if single.is_file():
+        return [single]
+    if any((root / n).is_file() for n in PICKLE_NAMES):
+        if not allow_pickle:
+            raise CheckpointError(
+                f"{root}: holds only a pickle checkpoint (pytorch_model.bin); pickle can run code "
+                "when loaded. Convert it to safetensors or pass allow_pickle=True explicitly."
+            )
+        return sorted(root.glob("pytorch_model*.bin"))
+    raise CheckpointError(f"{root}: no model.safetensors or {SAFE_INDEX}")
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of `out`; rename it to `out` only if the block succeeds.
+
+    On any exception the temporary folder is removed and `out` is untouched.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: output folder already exists (pass overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,99 @@
+"""Tiny real models for tests and the demo: Llama-architecture, BPE tokenizer trained offline.
+
+Nothing here downloads anything; the tokenizer is trained on a fixed corpus so it is identical
+on every machine.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from h3ops.checkpoint import Manifest
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Helpful answers explain the steps clearly and honestly.",
+    "I cannot help with that request because it could cause harm.",
+    "Honest models say when they do not know the answer.",
+    "Question: what is two plus two? Answer: four.",
+    "Paris is the capital of France. The sun rises in the east.",
+    "def add(a, b):\n    return a + b\n",
+    "Sure, here is how to bake bread: mix flour, water, salt and yeast.",
+    "0 1 2 3 4 5 6 7 8 9 10 11 12 A B C D yes no true false",
+]
+
+
+def make_tokenizer(vocab_size: int = 320):
+    """A byte-level BPE tokenizer with ChatML special tokens, trained on a fixed corpus."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_CORPUS * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def make_tiny_llama(path: str | Path, *, layers: int = 2, hidden: int = 64, heads: int = 4,
+                    intermediate: int | None = None, vocab_size: int = 320, seed: int = 0,
+                    dtype: str = "float32", tie_embeddings: bool = True,
+                    max_shard_size: str | None = None) -> Path:
+    """Build and save a randomly initialised tiny Llama (a real HF checkpoint with safetensors)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = Path(path)
+    tok = make_tokenizer(vocab_size)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate or hidden * 2,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+        max_position_embeddings=512, tie_word_embeddings=tie_embeddings,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(getattr(torch, dtype))
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(path, safe_serialization=True, **kwargs)
+    tok.save_pretrained(path)
+    Manifest(kind="base", produced_by="h3ops.testing.make_tiny_llama",
+             settings={"layers": layers, "hidden": hidden, "seed": seed, "dtype": dtype}).write(path)
+    return path
+
+
+def make_candidate(base: str | Path, out: str | Path, *, seed: int, scale: float = 0.02,
+                   dimension: str | None = None) -> Path:
+    """A 'fine-tuned' candidate: the base plus a seeded random task vector, same files otherwise."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from h3ops.checkpoint import weight_files
+    from h3ops.digest import digest_dir
+
+    base, out = Path(base), Path(out)
+    shutil.copytree(base, out, ignore=shutil.ignore_patterns("*.safetensors", "h3ops.json"))
+    gen = torch.Generator().manual_seed(seed)
+    for f in weight_files(base):
+        tensors = load_file(f)
+        moved = {k: (v.float() + scale * torch.randn(v.shape, generator=gen)).to(v.dtype) for k, v in tensors.items()}
+        save_file(moved, out / f.name, metadata={"format": "pt"})
+    Manifest(kind="candidate", produced_by="h3ops.testing.make_candidate", dimension=dimension,
+             parents=[{"uri": str(base), "digest": digest_dir(base)}],
+             settings={"seed": seed, "scale": scale}).write(out)
+    return out
+
+
+def read_config(path: str | Path) -> dict:
+    return json.loads((Path(path) / "config.json").read_text())
