@@ -1,0 +1,68 @@
+"""Small helpers shared by the steps: absolute locations, the registry client, local copies."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from h3ops.config import PipelineConfig
+
+
+def abspath(p: str | os.PathLike) -> Path:
+    return Path(p).expanduser().resolve()
+
+
+def tracking_uri(cfg: PipelineConfig) -> str:
+    """SQLite URIs relative to the working directory become absolute (tasks may chdir)."""
+    uri = cfg.registry.tracking_uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = abspath(uri.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path}"
+    return uri
+
+
+def artifact_location(cfg: PipelineConfig) -> str | None:
+    loc = cfg.registry.artifact_location
+    if loc and "://" not in loc and not loc.startswith("file:"):
+        path = abspath(loc)
+        path.mkdir(parents=True, exist_ok=True)
+        return path.as_uri()
+    return loc
+
+
+def registry(cfg: PipelineConfig):
+    from registry.api import Registry
+    return Registry(tracking_uri(cfg), registry_uri=cfg.registry.registry_uri,
+                    artifact_location=artifact_location(cfg))
+
+
+def workdir(cfg: PipelineConfig, *parts: str) -> Path:
+    path = abspath(cfg.workdir).joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def local_model(cfg: PipelineConfig, uri: str) -> Path:
+    """A local folder for a model given as a path or a `models:/…`/`runs:/…`/`s3://` URI."""
+    if "://" not in uri or uri.startswith("file://"):
+        path = abspath(uri.removeprefix("file://"))
+        if not path.is_dir():
+            raise FileNotFoundError(f"{uri}: model folder does not exist")
+        return path
+    safe = uri.replace(":/", "").replace("/", "_")
+    return Path(registry(cfg).download(uri, workdir(cfg, "downloads") / safe))
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write JSON atomically (a reader never sees half a ledger)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else default

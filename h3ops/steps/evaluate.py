@@ -1,0 +1,54 @@
+"""3H evaluation of a registered model; scores are logged to MLflow on the model version.
+
+A model whose scores for this suite are already in the registry is not evaluated again, so the
+gate can ask for production's and the continual checkpoints' scores at no cost after the first run.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from h3ops.config import PipelineConfig
+from h3ops.steps import step
+from h3ops.steps.common import local_model, registry, workdir
+
+
+def _plain(obj: Any) -> Any:
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "to_dict"):
+        return _plain(obj.to_dict())
+    if hasattr(obj, "model_dump"):
+        return _plain(obj.model_dump())
+    if hasattr(obj, "__dataclass_fields__"):
+        return {k: _plain(getattr(obj, k)) for k in obj.__dataclass_fields__}
+    return str(obj)
+
+
+def existing_scores(cfg: PipelineConfig, model_uri: str) -> dict | None:
+    """Scores already logged for this model with this suite, or None."""
+    got = registry(cfg).get_scores(model_uri)
+    if not got:
+        return None
+    got = _plain(got)
+    return got if got.get("suite") in (None, cfg.evaluation.suite) else None
+
+
+@step("evaluate")
+def evaluate(cfg: PipelineConfig, model_uri: str, *, force: bool = False) -> dict:
+    """→ {model_uri, metrics, scores, suite_digest, cached}."""
+    if not force and (got := existing_scores(cfg, model_uri)):
+        return {"model_uri": model_uri, **got, "cached": True}
+    from evaluation import run_suite
+
+    ev = cfg.evaluation
+    safe = model_uri.replace(":/", "").replace("/", "_")
+    result = run_suite(str(local_model(cfg, model_uri)), ev.suite, limit=ev.limit, judge=ev.judge,
+                       cache_dir=ev.cache_dir or str(workdir(cfg, "eval-cache")),
+                       out_dir=str(workdir(cfg, "eval", safe)))
+    registry(cfg).log_evaluation(model_uri, dict(result.metrics), dict(result.scores), result.suite_digest)
+    return {"model_uri": model_uri, "metrics": _plain(result.metrics), "scores": _plain(result.scores),
+            "suite_digest": result.suite_digest, "cached": False}

@@ -1,0 +1,44 @@
+"""Merge the latest candidate of every dimension from their common base (R-TSVM by default)."""
+from __future__ import annotations
+
+from typing import Any
+
+from h3ops.config import PipelineConfig
+from h3ops.digest import digest_json, short
+from h3ops.steps import step
+from h3ops.steps.common import local_model, workdir
+
+
+def merge_config(cfg: PipelineConfig, base: str, candidates: list[str], method: str,
+                 parameters: dict[str, Any]) -> dict:
+    """The mergekit-style config the merging engine reads (paths already local)."""
+    conf: dict[str, Any] = {
+        "merge_method": method,
+        "base_model": base,
+        "models": [{"model": c} for c in candidates],
+        "parameters": dict(parameters),
+    }
+    if cfg.merge.dtype:
+        conf["dtype"] = cfg.merge.dtype
+    return conf
+
+
+@step("merge")
+def merge_candidates(cfg: PipelineConfig, base: str, candidates: list[str], *,
+                     method: str | None = None, parameters: dict | None = None) -> dict:
+    """→ {path, method, parameters, parents}; the output folder is keyed by the inputs, so a rerun
+    returns the finished merge instead of writing it again."""
+    from merging import merge
+
+    if not candidates:
+        raise ValueError("merge: no candidates to merge")
+    method = method or cfg.merge.method
+    params = cfg.merge.parameters if parameters is None else parameters
+    key = short(digest_json({"base": base, "candidates": sorted(candidates), "method": method,
+                             "parameters": params, "seed": cfg.merge.seed}))
+    out = workdir(cfg, "merged") / f"{method}-{key}"
+    local = [str(local_model(cfg, c)) for c in candidates]
+    conf = merge_config(cfg, str(local_model(cfg, base)), local, method, params)
+    if not (out / "h3ops.json").is_file():
+        merge(conf, out, seed=cfg.merge.seed, overwrite=out.exists())
+    return {"path": str(out), "method": method, "parameters": params, "parents": list(candidates)}

@@ -1,0 +1,51 @@
+"""Landing locations: a local folder or an `s3://bucket/prefix`, listed and fetched the same way.
+
+The S3 client is passed in (the Airflow hook builds it from a connection); without one, boto3's
+default chain is used (AWS_* variables, AWS_ENDPOINT_URL for an S3-compatible server).
+"""
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise ValueError(f"{uri}: no bucket in S3 URI")
+    return bucket, prefix.strip("/")
+
+
+def _client(client: Any):
+    if client is not None:
+        return client
+    import boto3
+    return boto3.client("s3")
+
+
+def list_files(location: str, pattern: str = "*", client: Any = None) -> list[str]:
+    """Files under `location` matching `pattern`, as sorted paths or s3:// URIs."""
+    if location.startswith("s3://"):
+        bucket, prefix = split_s3(location)
+        pages = _client(client).get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=f"{prefix}/" if prefix else "")
+        keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+        return sorted(f"s3://{bucket}/{k}" for k in keys if fnmatch.fnmatch(k.rsplit("/", 1)[-1], pattern))
+    root = Path(location.removeprefix("file://"))
+    if not root.is_dir():
+        return []
+    return sorted(str(p.resolve()) for p in root.glob(pattern) if p.is_file() and not p.name.startswith("."))
+
+
+def fetch(uri: str, dest_dir: Path, client: Any = None) -> Path:
+    """A local copy of one landed file (local files are used in place)."""
+    if not uri.startswith("s3://"):
+        return Path(uri)
+    bucket, key = split_s3(uri)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / key.rsplit("/", 1)[-1]
+    tmp = dest.with_name(f".{dest.name}.part")
+    _client(client).download_file(bucket, key, str(tmp))
+    tmp.replace(dest)
+    return dest
