@@ -1,1 +1,28 @@
-"""Streaming model merging: lazy safetensors I/O, a method-agnostic engine, methods by name."""
+"""Streaming model merging: lazy safetensors I/O, a method-agnostic engine, methods by name.
+
+    from merging import merge
+    merge({"merge_method": "ties", "base_model": "base", "models": [...]}, "out")
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from merging.method import MergeConfigError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def merge(config, out_dir, *, seed: int = 0, device: str = "cpu", max_shard_size: "str | int" = "2GB",
+          overwrite: bool = False, allow_pickle: bool = False, progress: "bool | None" = None) -> "Path":
+    """Merge the checkpoints a mergekit-style config names into `out_dir`; return the folder.
+
+    Imported lazily so `import merging` stays free of torch for callers that only need the config.
+    """
+    from merging.engine import merge as _merge
+
+    return _merge(config, out_dir, seed=seed, device=device, max_shard_size=max_shard_size,
+                  overwrite=overwrite, allow_pickle=allow_pickle, progress=progress)
+
+
+__all__ = ["merge", "MergeConfigError"]

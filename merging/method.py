@@ -33,6 +33,8 @@ class Param:
     per_model: bool = False  # may also be set per model under models[i].parameters
     choices: tuple = ()
     help: str = ""
+    # ((given, meaning), …): other spellings accepted for mergekit configs, e.g. rescale: true → "l1".
+    aliases: tuple = ()
 
     @property
     def required(self) -> bool:
@@ -40,6 +42,10 @@ class Param:
 
     def coerce(self, value: Any, where: str) -> Any:
         """Check one value's type (ints are accepted for floats) and its allowed choices."""
+        for given, meaning in self.aliases:
+            if type(value) is type(given) and value == given:
+                value = meaning
+                break
         ok = isinstance(value, self.type) and not (self.type is not bool and isinstance(value, bool))
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value, ok = float(value), True
@@ -88,6 +94,9 @@ class MergeMethod:
     # Optional whole-model first pass: called with an iterator of TensorTask (streamed), returns a
     # dict handed to every TensorTask.state (e.g. TIES' per-model magnitude threshold).
     prepass: Callable[[Any], dict[str, Any]] | None = None
+    # Optional cross-parameter check `validate(params, model_params)` raising MergeConfigError
+    # (e.g. DELLA's 0 < density - epsilon): still before any tensor is read.
+    validate: Callable[[dict, list[dict]], None] | None = None
 
     def resolve(self, global_params: dict[str, Any], model_params: list[dict[str, Any]]) -> tuple[dict, list[dict]]:
         """Validate names and types; fill defaults. Errors name the method and the parameter."""
@@ -124,6 +133,8 @@ class MergeMethod:
             per_model.append(row)
         if len(model_params) < self.min_models:
             raise MergeConfigError(f"{where}: needs at least {self.min_models} model(s), got {len(model_params)}")
+        if self.validate is not None:
+            self.validate(resolved, per_model)
         return resolved, per_model
 
 
@@ -131,13 +142,13 @@ _METHODS: dict[str, MergeMethod] = {}
 
 
 def register(name: str, params: list[Param] | tuple[Param, ...] = (), *, needs_base: bool = True,
-             min_models: int = 1, prepass: Callable | None = None):
+             min_models: int = 1, prepass: Callable | None = None, validate: Callable | None = None):
     """Decorator: register `fn(task) -> tensor` as merge method `name`."""
 
     def wrap(fn):
         if name in _METHODS:
             raise ValueError(f"merge method {name!r} registered twice")
-        _METHODS[name] = MergeMethod(name, fn, tuple(params), needs_base, min_models, prepass)
+        _METHODS[name] = MergeMethod(name, fn, tuple(params), needs_base, min_models, prepass, validate)
         return fn
 
     return wrap

@@ -1,0 +1,217 @@
+"""The merge engine: validate inputs, stream tensors through a method, write a checkpoint atomically.
+
+It knows nothing about any method: for each tensor it reads the base and candidate values, hands a
+TensorTask to the method's function and writes what comes back. Memory stays near one tensor per
+input (plus one read ahead), whatever the model's depth.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from h3ops.checkpoint import MANIFEST, CheckpointError, Manifest, atomic_output_dir
+from h3ops.digest import digest_dir
+from merging.config import MergeConfig, parse_config
+from merging.io import CheckpointReader, ShardedWriter, parse_size
+from merging.method import MergeConfigError, TensorTask
+
+COPIED = ("config.json", "generation_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "vocab.txt", "merges.txt", "added_tokens.json", "chat_template.jinja",
+                   "chat_template.json")
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class MergeError(ValueError):
+    """Inputs that cannot be merged (names, shapes, non-finite values); nothing is written."""
+
+
+def _check_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise MergeConfigError(f"device {device!r}: {e}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise MergeConfigError(f"device {device!r}: use cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MergeConfigError(f"device {device!r}: CUDA is not available on this machine")
+    return dev
+
+
+def _plan(cfg: MergeConfig, readers: list[CheckpointReader]) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+    """Check every input has the same tensor names and shapes; return the output layout (sorted names)."""
+    ref, specs = readers[0], cfg.all_inputs
+    ref_names = set(ref.names())
+    for spec, r in zip(specs[1:], readers[1:]):
+        names = set(r.names())
+        missing, extra = sorted(ref_names - names), sorted(names - ref_names)
+        if missing or extra:
+            what = (f"missing tensor(s) {missing[:5]}" if missing else "") + \
+                   ("; " if missing and extra else "") + (f"unexpected tensor(s) {extra[:5]}" if extra else "")
+            raise MergeError(f"{spec.ref}: {what} compared with {specs[0].ref}")
+        for n in sorted(names):
+            if r.shape(n) != ref.shape(n):
+                raise MergeError(f"tensor {n!r}: shape {list(r.shape(n))} in {spec.ref} but "
+                                 f"{list(ref.shape(n))} in {specs[0].ref}")
+    out_dtype = _TORCH_DTYPES.get(cfg.out_dtype or "")
+    plan = []
+    # Sorted names: the output layout does not depend on the inputs' tensor order or sharding.
+    for n in sorted(ref_names):
+        dt = ref.dtype(n)
+        plan.append((n, out_dtype if (out_dtype is not None and dt.is_floating_point) else dt, ref.shape(n)))
+    return plan
+
+
+def _finite(t: torch.Tensor, name: str, where: str) -> None:
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise MergeError(f"tensor {name!r} in {where}: {bad} non-finite value(s) (NaN/Inf)")
+
+
+class TaskStream:
+    """Re-iterable stream of TensorTasks over the float tensors (what a method's prepass reads)."""
+
+    def __init__(self, engine: "_Run"):
+        self._run = engine
+        self.params, self.model_params = engine.cfg.params, engine.cfg.model_params
+
+    def __iter__(self) -> Iterator[TensorTask]:
+        for name, _, _ in self._run.plan:
+            if self._run.readers[0].dtype(name).is_floating_point:
+                yield self._run.task(name, self._run.load(name))
+
+    def __len__(self) -> int:
+        return sum(1 for n, _, _ in self._run.plan if self._run.readers[0].dtype(n).is_floating_point)
+
+
+class _Run:
+    """One merge: the parsed config, the open readers and the per-tensor work."""
+
+    def __init__(self, cfg: MergeConfig, readers: list[CheckpointReader], plan, seed: int, device: torch.device):
+        self.cfg, self.readers, self.plan, self.seed, self.device = cfg, readers, plan, seed, device
+        self.has_base = cfg.base is not None
+        self.state: dict[str, Any] = {}
+
+    def load(self, name: str) -> list[torch.Tensor]:
+        """Raw values of one tensor from every input (base first when there is one)."""
+        return [r.get(name) for r in self.readers]
+
+    def task(self, name: str, raw: list[torch.Tensor]) -> TensorTask:
+        specs = self.cfg.all_inputs
+        values = []
+        for spec, t in zip(specs, raw):
+            _finite(t, name, spec.ref)
+            values.append(t.to(self.device, torch.float32, non_blocking=True))
+        base = values[0] if self.has_base else None
+        cands = values[1:] if self.has_base else values
+        return TensorTask(name, base, cands, self.cfg.params, self.cfg.model_params, self.seed, self.state)
+
+    def compute(self, name: str, out_dtype: torch.dtype, raw: list[torch.Tensor]) -> torch.Tensor:
+        if not raw[0].dtype.is_floating_point:
+            # Integer/bool buffers are not merged: copied when every input agrees.
+            for spec, t in zip(self.cfg.all_inputs[1:], raw[1:]):
+                if not torch.equal(t, raw[0]):
+                    raise MergeError(f"non-float tensor {name!r} differs between {self.cfg.all_inputs[0].ref} "
+                                     f"and {spec.ref}; integer/bool buffers must be identical")
+            return raw[0]
+        out = self.cfg.method.fn(self.task(name, raw))
+        if tuple(out.shape) != tuple(raw[0].shape):
+            raise MergeError(f"method {self.cfg.method.name} returned shape {list(out.shape)} for {name!r}, "
+                             f"expected {list(raw[0].shape)}")
+        _finite(out, name, f"the {self.cfg.method.name} result")
+        return out.to(out_dtype).cpu()
+
+
+def _copy_side_files(cfg: MergeConfig, ref: Path, dest: Path) -> None:
+    for fname in COPIED:
+        if (ref / fname).is_file():
+            shutil.copy2(ref / fname, dest / fname)
+    tok_root = cfg.tokenizer_source or ref
+    for fname in TOKENIZER_FILES:
+        if (tok_root / fname).is_file():
+            shutil.copy2(tok_root / fname, dest / fname)
+    conf = dest / "config.json"
+    if cfg.out_dtype and conf.is_file():
+        data = json.loads(conf.read_text())
+        keys = [k for k in ("dtype", "torch_dtype") if k in data] or ["dtype"]
+        for k in keys:
+            data[k] = cfg.out_dtype
+        conf.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _progress_bar(enabled: bool | None, total: int):
+    from tqdm.auto import tqdm
+
+    # None: appear only if the merge is still running after a few seconds.
+    return tqdm(total=total, unit="param", unit_scale=True, desc="merge", disable=enabled is False,
+                delay=0 if enabled else 3, file=sys.stderr, leave=False)
+
+
+def merge(config: dict | str | Path, out_dir: str | Path, *, seed: int = 0, device: str = "cpu",
+          max_shard_size: str | int = "2GB", overwrite: bool = False, allow_pickle: bool = False,
+          progress: bool | None = None) -> Path:
+    """Merge the checkpoints a mergekit-style config names into `out_dir`; return the folder."""
+    start = time.perf_counter()
+    cfg = parse_config(config)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise MergeConfigError(f"seed must be an int, got {seed!r}")
+    parse_size(max_shard_size)
+    dev = _check_device(device)
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: output folder already exists (pass --overwrite to replace it)")
+    specs = cfg.all_inputs
+    if any(out.resolve() == s.path for s in specs):
+        raise MergeConfigError(f"{out}: the output folder is one of the inputs")
+    readers = [CheckpointReader(s.path, allow_pickle=allow_pickle) for s in specs]
+    plan = _plan(cfg, readers)
+    run = _Run(cfg, readers, plan, seed, dev)
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="h3ops-merge")
+    try:
+        # Parent digests hash whole folders: do it beside the merge instead of before it.
+        digests = [pool.submit(digest_dir, s.path) for s in specs]
+        if cfg.method.prepass is not None:
+            run.state.update(cfg.method.prepass(TaskStream(run)) or {})
+        with atomic_output_dir(out, overwrite=overwrite) as tmp:
+            total = sum(_numel(shape) for _, _, shape in plan)
+            with ShardedWriter(tmp, plan, max_shard_size) as writer, _progress_bar(progress, total) as bar:
+                ahead = pool.submit(run.load, plan[0][0]) if plan else None
+                for i, (name, dtype, shape) in enumerate(plan):
+                    raw = ahead.result()
+                    # Read the next tensor while this one is computed (I/O and compute overlap).
+                    ahead = pool.submit(run.load, plan[i + 1][0]) if i + 1 < len(plan) else None
+                    writer.write(name, run.compute(name, dtype, raw))
+                    del raw
+                    bar.update(_numel(shape))
+            _copy_side_files(cfg, specs[0].path, tmp)
+            parents = [{"uri": s.ref, "digest": d.result(), "role": "base" if (cfg.base and s is cfg.base) else "candidate"}
+                       for s, d in zip(specs, digests)]
+            Manifest(kind="merged", produced_by="h3ops.merge", method=cfg.method.name, seed=seed, parents=parents,
+                     parameters={"global": cfg.params,
+                                 "models": [{"model": m.ref, **p} for m, p in zip(cfg.models, cfg.model_params)]},
+                     settings={"config": cfg.raw, "out_dtype": cfg.out_dtype, "max_shard_size": str(max_shard_size),
+                               "device": str(dev), "shards": writer.files}).write(tmp)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    n_params = sum(_numel(s) for _, _, s in plan)
+    print(f"h3ops merge: {cfg.method.name} of {len(cfg.models)} model(s) -> {out} | {len(plan)} tensors, "
+          f"{n_params / 1e6:.1f}M params, {len(writer.files)} shard(s), {time.perf_counter() - start:.1f}s",
+          file=sys.stderr)
+    return out
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+__all__ = ["merge", "MergeError", "MANIFEST", "CheckpointError", "TaskStream"]

@@ -1,0 +1,170 @@
+"""Building blocks shared by the task-vector methods: sparsifiers and the TIES / sum combination.
+
+Formulas: shared/spec/merging-methods.md. Magnitude selection uses k-th value thresholds
+(`torch.kthvalue`, linear time) rather than a full sort, and breaks ties at a threshold by tensor
+index so exactly the requested number of entries is kept, deterministically.
+"""
+from __future__ import annotations
+
+import torch
+
+from merging.method import TensorTask
+
+RESCALES = ("l1", "inverse_p", "none")
+RESCALE_ALIASES = ((True, "l1"), (False, "none"))  # mergekit's `rescale: true|false`
+
+
+def rank_window(w: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Boolean mask of the entries of 1-D `w` whose ascending rank is in [start, stop).
+
+    Rank = position in a stable ascending sort (equal values ordered by index); computed with two
+    k-th value lookups and a count, never a full sort.
+    """
+    n = w.numel()
+    start, stop = max(0, start), min(n, stop)
+    mask = torch.zeros(n, dtype=torch.bool, device=w.device)
+    if start >= stop:
+        return mask
+    if start == 0 and stop == n:
+        return ~mask
+    lo = w.kthvalue(start + 1).values if start > 0 else w.min()
+    hi = w.kthvalue(stop).values if stop < n else w.max()
+    mask = (w > lo) & (w < hi)
+    for v in ((lo,) if bool(lo == hi) else (lo, hi)):
+        first = int((w < v).sum())  # sorted position of the first entry equal to v
+        eq = (w == v).nonzero().view(-1)  # in index order = their order in a stable sort
+        pos = first + torch.arange(eq.numel(), device=w.device)
+        mask[eq[(pos >= start) & (pos < stop)]] = True
+    return mask
+
+
+def magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """TIES trim: keep the k = max(1, int(d·n)) entries of largest |δ|."""
+    if density >= 1:
+        return delta
+    n = delta.numel()
+    k = max(1, int(density * n))
+    keep = rank_window(delta.abs().reshape(-1), n - k, n)
+    return delta * keep.view(delta.shape)
+
+
+def crumbs(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+    """Breadcrumbs: drop the n_bot smallest and the n_top largest |δ|, keep `target` in between."""
+    if density >= 1:
+        return delta
+    n = delta.numel()
+    target, n_top = int(density * n), int(gamma * n)
+    n_bot = max(0, n - target - n_top)
+    keep = rank_window(delta.abs().reshape(-1), n_bot, n_bot + target)
+    return delta * keep.view(delta.shape)
+
+
+def _uniform(task: TensorTask, i: int, like: torch.Tensor) -> torch.Tensor:
+    # Drawn on the CPU with a per-(seed, tensor, model) generator: identical on any device/threads.
+    u = torch.rand(like.shape, generator=task.generator(i), dtype=torch.float32)
+    return u.to(like.device)
+
+
+def rescaled(delta: torch.Tensor, kept: torch.Tensor, rescale: str, p) -> torch.Tensor:
+    """Apply the mask, then restore scale: l1 (keep ‖δ‖₁), inverse_p (÷ keep probability) or none."""
+    out = delta * kept
+    if rescale == "l1":
+        before, after = delta.abs().sum(dtype=torch.float64), out.abs().sum(dtype=torch.float64)
+        if before >= 1e-7 and after >= 1e-7:
+            out = out * (before / after).to(torch.float32)
+    elif rescale == "inverse_p":
+        out = out / p
+    return out
+
+
+def drop(task: TensorTask, i: int, delta: torch.Tensor, density: float, rescale: str) -> torch.Tensor:
+    """DARE: keep each entry with probability d, then rescale."""
+    if density >= 1:
+        return delta
+    kept = _uniform(task, i, delta) < density
+    return rescaled(delta, kept, rescale, density)
+
+
+def magprune(task: TensorTask, i: int, delta: torch.Tensor, density: float, epsilon: float,
+             rescale: str) -> torch.Tensor:
+    """DELLA: keep probability grows linearly with the magnitude rank of |δ| within its row."""
+    if density >= 1:
+        return delta
+    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
+    n = rows.shape[1]
+    order = rows.abs().argsort(dim=1, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(n, device=rows.device).expand_as(order))
+    # ρ = (r - min r)/(max r - min r) with ranks a permutation of 1..n; a single entry gets ρ = 1/2.
+    rho = rank.to(torch.float32) / (n - 1) if n > 1 else torch.full_like(rows, 0.5)
+    p = (density - epsilon) + 2 * epsilon * rho
+    kept = _uniform(task, i, rows) < p
+    return rescaled(rows, kept, rescale, p).view(delta.shape)
+
+
+def combine(task: TensorTask, deltas: list[torch.Tensor], *, sign_election: bool, normalize: bool,
+            unweighted_election: bool = False) -> torch.Tensor:
+    """θ = θ₀ + λΔ with Δ the (optionally sign-elected, optionally normalised) weighted sum."""
+    weights = task.per_model("weight")
+    stacked = torch.stack(deltas)
+    w = torch.tensor(weights, dtype=stacked.dtype, device=stacked.device).view(-1, *([1] * deltas[0].dim()))
+    tau = stacked * w
+    if sign_election:
+        basis = stacked if unweighted_election else tau
+        sign = (basis.sum(dim=0) >= 0).to(stacked.dtype) * 2 - 1
+        agree = basis.sign() == sign  # zeros never agree
+        mixed = (tau * agree).sum(dim=0)
+        if normalize:
+            divisor = agree.sum(dim=0).to(stacked.dtype) if unweighted_election else (w * agree).sum(dim=0)
+            divisor[divisor == 0] = 1
+            mixed = mixed / divisor
+    else:
+        mixed = tau.sum(dim=0)
+        if normalize:
+            total = float(sum(weights))
+            mixed = mixed / (total if abs(total) >= 1e-8 else 1.0)
+    lam = task.params["lambda"]
+    if lam != 1:
+        mixed = mixed * lam
+    return task.base + mixed
+
+
+def gta_params(normalize: bool, *extra, sign_election: bool = False) -> list:
+    """Parameters every task-vector method takes (names and defaults as mergekit 0.1.5)."""
+    from merging.method import Param
+
+    params = [
+        Param("weight", float, 1.0, per_model=True, help="wᵢ, the task vector's weight"),
+        Param("lambda", float, 1.0, help="scale of the merged task vector"),
+        Param("normalize", bool, normalize, help="divide by the (agreeing) weights' sum"),
+        Param("int8_mask", bool, False, help="mergekit memory option; accepted, no effect (float32 masks)"),
+    ]
+    if sign_election:
+        params.append(Param("sign_election", str, "weighted", choices=("weighted", "unweighted"),
+                            help="weighted: mergekit; unweighted: the TIES paper (elect on δ̃, disjoint mean)"))
+    return params + list(extra)
+
+
+def density_param(default: float = 1.0):
+    from merging.method import Param
+
+    return Param("density", float, default, per_model=True, help="fraction of entries kept")
+
+
+def rescale_param():
+    from merging.method import Param
+
+    return Param("rescale", str, "l1", choices=RESCALES, aliases=RESCALE_ALIASES,
+                 help="l1 (mergekit >= Feb 2025), inverse_p (the papers), none")
+
+
+def check_unit_interval(method: str, name: str = "density"):
+    """A validate hook: every model's `name` in (0, 1] (density 0 would zero the task vector)."""
+    from merging.method import MergeConfigError
+
+    def validate(params: dict, model_params: list[dict]) -> None:
+        for i, mp in enumerate(model_params):
+            v = mp.get(name, params.get(name))
+            if v is not None and not 0 < v <= 1:
+                raise MergeConfigError(f"merge_method {method}, models[{i}]: {name} must be in (0, 1], got {v}")
+    return validate

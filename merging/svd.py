@@ -1,0 +1,167 @@
+"""Linear algebra of the spectral merges (TSVM, R-TSVM): top-k SVD drivers, polar factors, STI.
+
+Everything runs on the device of its inputs (CPU or CUDA) in the compute dtype the caller chose
+(float32 by default, float64 on request). Three drivers return the same top-k triplets:
+
+* ``exact``      — ``torch.linalg.svd`` of the whole matrix, then the first k triplets.
+* ``gram``       — eigen-decomposition of the smaller Gram matrix, formed in float64 so the
+                   squared condition number costs no accuracy for the retained (leading) triplets.
+* ``randomized`` — Halko-Martinsson-Tropp range finder with oversampling and power iterations
+                   (QR re-orthonormalised each pass), seeded so results are reproducible.
+
+A driver is only a way to get the leading triplets; the spectral merge itself is `spectral_merge`.
+"""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+SVD_DRIVERS = ("exact", "gram", "randomized")
+ORTHOGONALIZERS = ("svd", "eigh")
+COMPUTE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class SpectralWarning(UserWarning):
+    """A spectral merge met an input it can only handle by a documented fallback."""
+
+
+@dataclass(frozen=True)
+class SVDOptions:
+    driver: str = "exact"
+    oversample: int = 8  # randomized: extra sketch columns beyond k
+    power_iters: int = 2  # randomized: subspace iterations (more = accurate on flat spectra)
+    compute_dtype: str = "float32"
+    seed: int = 0  # randomized: sketch seed (mixed with the tensor name by the caller)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return COMPUTE_DTYPES[self.compute_dtype]
+
+
+def sketch_seed(seed: int, name: str) -> int:
+    """Seed of the randomized sketch for one tensor: independent of order, threads and device."""
+    h = hashlib.sha256(f"{seed}\0{name}\0svd".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def top_svd(x: torch.Tensor, k: int, opts: SVDOptions = SVDOptions(), name: str = ""):
+    """Leading k singular triplets of x (m×n): U (m×k), S (k), V (n×k), S descending."""
+    r = min(x.shape)
+    k = max(0, min(int(k), r))
+    if opts.driver == "gram":
+        return _gram_svd(x, k)
+    if opts.driver == "randomized" and k + opts.oversample < r:
+        return _randomized_svd(x, k, opts, name)
+    u, s, vh = torch.linalg.svd(x, full_matrices=False)
+    return u[:, :k], s[:k], vh[:k].mT
+
+
+def _gram_svd(x: torch.Tensor, k: int):
+    # Eigen-decompose the smaller Gram matrix in float64: σ² loses half the digits in float32.
+    x64 = x.double()
+    tall = x.shape[0] >= x.shape[1]
+    g = x64.mT @ x64 if tall else x64 @ x64.mT
+    lam, vec = torch.linalg.eigh(g)  # ascending
+    lam, vec = lam.flip(0)[:k].clamp_min(0), vec.flip(1)[:, :k]
+    s = lam.sqrt()
+    # The other side from x·v/σ; a zero σ has no defined vector, and its mass is zero anyway.
+    other = (x64 @ vec if tall else x64.mT @ vec) / torch.where(s > 0, s, torch.ones_like(s))
+    u, v = (other, vec) if tall else (vec, other)
+    return u.to(x.dtype), s.to(x.dtype), v.to(x.dtype)
+
+
+def _randomized_svd(x: torch.Tensor, k: int, opts: SVDOptions, name: str):
+    m, n = x.shape
+    ell = k + opts.oversample
+    gen = torch.Generator(device=x.device).manual_seed(sketch_seed(opts.seed, name))
+    omega = torch.randn(n, ell, generator=gen, device=x.device, dtype=x.dtype)
+    q = torch.linalg.qr(x @ omega).Q
+    for _ in range(opts.power_iters):
+        q = torch.linalg.qr(x.mT @ q).Q
+        q = torch.linalg.qr(x @ q).Q
+    ub, s, vh = torch.linalg.svd(q.mT @ x, full_matrices=False)
+    return (q @ ub[:, :k]), s[:k], vh[:k].mT
+
+
+def polar(x: torch.Tensor, method: str = "svd") -> tuple[torch.Tensor, bool]:
+    """Orthogonal polar factor of x (closest matrix with orthonormal columns, or rows if wide).
+
+    Returns (factor, deficient). When x is rank-deficient (duplicate or linearly dependent task
+    blocks) the polar factor is not unique; we return the unique *partial isometry* built from
+    the non-zero singular directions only, so the result does not depend on LAPACK's arbitrary
+    completion (two identical tasks then merge to that task, i.e. their mean).
+    """
+    if x.numel() == 0:
+        return x.clone(), False
+    if method == "svd":
+        p, d, qh = torch.linalg.svd(x, full_matrices=False)
+        keep = d > _rank_tol(x, d[0])
+        if bool(keep.all()):
+            return p @ qh, False
+        return p[:, keep] @ qh[keep], True
+    if method == "eigh":  # TSVM_2 whitening: X (XᵀX)^{-1/2} (or (XXᵀ)^{-1/2} X when wide)
+        tall = x.shape[0] >= x.shape[1]
+        g = x.mT @ x if tall else x @ x.mT
+        lam, e = torch.linalg.eigh(g)
+        sv = lam.clamp_min(0).sqrt()
+        keep = sv > _rank_tol(x, sv.max())
+        inv = torch.where(keep, 1.0 / torch.where(keep, sv, torch.ones_like(sv)), torch.zeros_like(sv))
+        w = (e * inv) @ e.mT
+        return (x @ w if tall else w @ x), not bool(keep.all())
+    raise ValueError(f"orthogonalizer must be one of {list(ORTHOGONALIZERS)}, got {method!r}")
+
+
+def _rank_tol(x: torch.Tensor, top: torch.Tensor) -> float:
+    # numpy.linalg.matrix_rank's default: max(shape) · eps · σ_max.
+    return float(max(x.shape) * torch.finfo(x.dtype).eps * top)
+
+
+def singular_task_interference(u_hat: torch.Tensor, s_hat: torch.Tensor, v_hat: torch.Tensor) -> float:
+    """STI = ||(ÛᵀÛ − I) Σ̂ (V̂ᵀV̂ − I)||₁ (entry-wise), spec §3.11."""
+    eye = torch.eye(u_hat.shape[1], dtype=u_hat.dtype, device=u_hat.device)
+    left = u_hat.mT @ u_hat - eye
+    right = v_hat.mT @ v_hat - eye
+    return float(((left * s_hat) @ right).abs().sum())
+
+
+@dataclass
+class SpectralResult:
+    merged: torch.Tensor  # the merged task matrix (not yet scaled by alpha)
+    deficient: bool  # a polar factor was rank-deficient (partial isometry used)
+    sti: float | None = None  # singular task interference of the basis, when asked for
+    sti_rel: float | None = None  # STI / ||Σ̂||₁
+
+
+def spectral_merge(deltas: list[torch.Tensor], basis: int, keep: int, coeffs: list[float],
+                   opts: SVDOptions = SVDOptions(), orthogonalizer: str = "svd", name: str = "",
+                   with_sti: bool = False) -> SpectralResult:
+    """U⊥ diag(ŝ) V⊥ᵀ: `basis` singular vectors of every task span the orthogonalised basis, the
+    first `keep` ≤ basis of them carry mass c_t·σ (the rest shape the basis only), spec §4.3.
+
+    TSVM is basis = keep = ⌊r/T⌋, c_t = 1.
+    """
+    us, vs, ss = [], [], []
+    for t, d in enumerate(deltas):
+        u, s, v = top_svd(d, basis, opts, name=f"{name}\0{t}")
+        mass = s.clone()
+        mass[keep:] = 0
+        us.append(u)
+        vs.append(v)
+        ss.append(mass * coeffs[t])
+    u_hat, v_hat, s_hat = torch.cat(us, 1), torch.cat(vs, 1), torch.cat(ss)
+    u_perp, def_u = polar(u_hat, orthogonalizer)
+    v_perp, def_v = polar(v_hat, orthogonalizer)
+    if def_u or def_v:
+        warnings.warn(f"{name}: the task singular bases are linearly dependent (duplicate or collinear "
+                      "candidates?); the polar factor is not unique, using its partial isometry",
+                      SpectralWarning, stacklevel=3)
+    # Both factors are m×Tb / n×Tb (a partial isometry keeps the shape), so one formula serves.
+    merged = (u_perp * s_hat) @ v_perp.mT
+    res = SpectralResult(merged, def_u or def_v)
+    if with_sti:
+        res.sti = singular_task_interference(u_hat, s_hat, v_hat)
+        res.sti_rel = res.sti / max(float(s_hat.abs().sum()), 1e-30)
+    return res
