@@ -24,6 +24,16 @@ def latest_dataset(cfg: PipelineConfig, dimension: str) -> dict | None:
     return read_json(ledger_path(cfg, dimension))
 
 
+def _seen_path(cfg: PipelineConfig, dimension: str):
+    return workdir(cfg, "datasets", dimension) / "seen.json"
+
+
+def new_files(cfg: PipelineConfig, dimension: str, *, s3_client: Any = None) -> list[str]:
+    """Landed files not yet ingested (valid or quarantined): what the sensor waits for."""
+    seen = set(read_json(_seen_path(cfg, dimension), []))
+    return [f for f in scan(cfg, dimension, s3_client=s3_client) if f not in seen]
+
+
 @step("scan")
 def scan(cfg: PipelineConfig, dimension: str, *, s3_client: Any = None) -> list[str]:
     """Landed files of a dimension (what the sensor pokes for)."""
@@ -51,6 +61,8 @@ def ingest(cfg: PipelineConfig, dimension: str, *, files: list[str] | None = Non
     out["new"] = bool(out.get("rows")) and (previous or {}).get("digest") != out.get("digest")
     if out["new"]:
         write_json(ledger_path(cfg, dimension), out)
+    seen = set(read_json(_seen_path(cfg, dimension), []))
+    write_json(_seen_path(cfg, dimension), sorted(seen | set(files)))
     return out
 
 
@@ -62,3 +74,10 @@ def _as_dict(ref: Any) -> dict:
     else:
         data = dict(vars(ref))
     return {k: (str(v) if hasattr(v, "__fspath__") else v) for k, v in data.items()}
+
+
+@step("datasets")
+def datasets(cfg: PipelineConfig, dimensions: list[str] | None = None) -> list[dict]:
+    """The latest ingested dataset of each (requested) dimension that has one."""
+    names = dimensions or [d.name for d in cfg.dimensions]
+    return [ds for d in names if (ds := latest_dataset(cfg, d))]

@@ -1,0 +1,93 @@
+"""continual_alignment: new preference data → DPO per dimension → merge → evaluate → gate → promote.
+
+Scheduled on the preference assets. Every DPO task is mapped over the dimensions with data and
+runs in pool `gpu` (queue `gpu` on Celery); every task is idempotent, so clearing and rerunning any
+of them finds its own output or registered version instead of making a duplicate. The merge method
+and its parameters can be overridden per run through params.
+"""
+from __future__ import annotations
+
+from airflow.sdk import DAG, AssetAny, Param, task
+from airflow.sdk.exceptions import AirflowSkipException
+
+from plugins.assets import GPU_POOL, GPU_QUEUE, PREFERENCE_ASSETS, PRODUCTION_ALIAS, PRODUCTION_MODEL
+from plugins.defaults import DEFAULT_ARGS, START, config_param
+from plugins.operators import run_in_task
+
+with DAG(
+    dag_id="continual_alignment",
+    schedule=AssetAny(*PREFERENCE_ASSETS.values()),
+    start_date=START,
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    params={
+        "config": config_param(),
+        "method": Param(None, type=["null", "string"], description="merge method (default: config)"),
+        "parameters": Param(None, type=["null", "object"], description="merge parameters override"),
+        "dimensions": Param(None, type=["null", "array"], description="restrict to these dimensions"),
+    },
+    tags=["h3ops", "train", "merge", "gate"],
+    doc_md=__doc__,
+) as dag:
+
+    @task
+    def plan(*, params=None) -> list[dict]:
+        found = run_in_task("datasets", params, dimensions=params.get("dimensions"))
+        if not found:
+            raise AirflowSkipException("no ingested preference data for any dimension")
+        return found
+
+    @task
+    def base_model(*, params=None) -> str:
+        return run_in_task("prepare_base", params)
+
+    @task(pool=GPU_POOL, queue=GPU_QUEUE, max_active_tis_per_dag=4)
+    def train(dataset: dict, base: str, *, params=None) -> dict:
+        return run_in_task("train", params, base=base, dataset=dataset, dimension=dataset["dimension"])
+
+    @task
+    def register_candidate(trained: dict, base: str, *, params=None) -> dict:
+        ref = run_in_task("register", params, path=trained["path"], kind="candidate",
+                          dimension=trained["dimension"], data_digest=trained["data_digest"],
+                          parents=[base])
+        return {**ref, "dimension": trained["dimension"]}
+
+    @task(pool=GPU_POOL, queue=GPU_QUEUE)
+    def merge(base: str, candidates: list[dict], *, params=None) -> dict:
+        return run_in_task("merge", params, base=base, candidates=[c["uri"] for c in list(candidates)],
+                           method=params.get("method"), parameters=params.get("parameters"))
+
+    @task
+    def register_merged(merged: dict, *, params=None) -> dict:
+        return run_in_task("register", params, path=merged["path"], kind="merged",
+                           parents=merged["parents"], method=merged["method"])
+
+    @task
+    def models_to_evaluate(merged: dict, *, params=None) -> list[str]:
+        others = run_in_task("compared_models", params)
+        return [merged["uri"], *[u for u in others if u != merged["uri"]]]
+
+    @task(pool=GPU_POOL, queue=GPU_QUEUE)
+    def evaluate(model_uri: str, *, params=None) -> dict:
+        return run_in_task("evaluate", params, model_uri=model_uri)
+
+    @task
+    def gate(merged: dict, evaluated: list[dict], *, params=None) -> dict:
+        continual = run_in_task("continual_latest", params)
+        return run_in_task("gate", params, candidate_uri=merged["uri"], continual_uris=continual)
+
+    @task(outlets=[PRODUCTION_ALIAS])
+    def promote(merged: dict, decision: dict, *, params=None, outlet_events=None) -> dict:
+        result = run_in_task("promote", params, candidate_uri=merged["uri"], decision=decision)
+        if result["promoted"]:  # the serving hand-off runs only when the alias really moved
+            outlet_events[PRODUCTION_ALIAS].add(PRODUCTION_MODEL, extra={"model_uri": result["production"]})
+        return result
+
+    datasets = plan()
+    base = base_model()
+    trained = train.partial(base=base).expand(dataset=datasets)
+    registered = register_candidate.partial(base=base).expand(trained=trained)
+    merged = register_merged(merge(base, registered))
+    evaluated = evaluate.expand(model_uri=models_to_evaluate(merged))
+    promote(merged, gate(merged, evaluated))

@@ -1,0 +1,29 @@
+"""Asset definitions and placement names shared by the DAGs.
+
+One asset per preference dimension: the ingest DAG emits an event on it (through the alias, with
+the dataset's URI and digest as extra) and the continual-alignment DAG is scheduled on them.
+`production_model` gets an event whenever the production alias moves.
+"""
+from __future__ import annotations
+
+from airflow.sdk import Asset, AssetAlias
+
+from h3ops.config import KNOWN_DIMENSIONS
+
+# Pool for GPU work (slots = GPUs) on the local executors; the Celery queue of GPU workers.
+GPU_POOL = "gpu"
+GPU_QUEUE = "gpu"
+MLFLOW_CONN_ID = "mlflow_default"
+LANDING_CONN_ID = "h3ops_landing"
+
+PREFERENCES_ALIAS = AssetAlias(name="h3ops-preferences")
+PRODUCTION_ALIAS = AssetAlias(name="h3ops-production")
+
+
+def preference_asset(dimension: str) -> Asset:
+    return Asset(name=f"h3ops.preferences.{dimension}", uri=f"h3ops://preferences/{dimension}",
+                 group="preferences")
+
+
+PREFERENCE_ASSETS = {d: preference_asset(d) for d in KNOWN_DIMENSIONS}
+PRODUCTION_MODEL = Asset(name="h3ops.production", uri="h3ops://models/production", group="model")

@@ -1,0 +1,21 @@
+"""Defaults every h3ops DAG shares: start date, retries, the `config` param."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from airflow.sdk import Param
+
+from plugins.operators import DEFAULT_CONFIG
+
+START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+DEFAULT_ARGS = {
+    "owner": "h3ops",
+    "retries": 1,
+    "retry_delay": timedelta(minutes=2),
+    # A DPO or merge that runs past this is stuck, not slow: fail it and let the retry resume.
+    "execution_timeout": timedelta(hours=12),
+}
+
+
+def config_param() -> Param:
+    return Param(DEFAULT_CONFIG, type="string", description="path of the pipeline YAML")

@@ -1,0 +1,81 @@
+"""Hooks: connections → clients. Configuration wins only where no connection is defined.
+
+- `MLflowHook` (conn `mlflow_default`): host is the tracking URI; extra may hold `registry_uri`,
+  `artifact_location`, and S3 settings for the artifact store.
+- `LandingHook` (conn `h3ops_landing`): an S3-compatible endpoint for `s3://` landing locations;
+  extra `endpoint_url`, `region_name`; login/password are the access key pair.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from airflow.sdk import BaseHook
+
+from plugins.assets import LANDING_CONN_ID, MLFLOW_CONN_ID
+
+
+def _connection(conn_id: str):
+    """The connection, or None when it is not defined (the embedded default has none)."""
+    try:
+        return BaseHook.get_connection(conn_id)
+    except Exception:  # AirflowNotFoundException, or no metadata DB at all
+        return None
+
+
+class MLflowHook(BaseHook):
+    conn_name_attr = "mlflow_conn_id"
+    default_conn_name = MLFLOW_CONN_ID
+    conn_type = "mlflow"
+    hook_name = "MLflow (h3ops registry)"
+
+    def __init__(self, mlflow_conn_id: str = MLFLOW_CONN_ID) -> None:
+        super().__init__()
+        self.mlflow_conn_id = mlflow_conn_id
+
+    def registry_overrides(self) -> dict[str, Any]:
+        """Config overrides ({'registry': {...}}) from the connection; {} if it is absent."""
+        conn = _connection(self.mlflow_conn_id)
+        if conn is None or not conn.host:
+            return {}
+        uri = conn.host if "://" in conn.host else f"http://{conn.host}"
+        if conn.port and uri.count(":") < 2:
+            uri = f"{uri}:{conn.port}"
+        extra = conn.extra_dejson or {}
+        out: dict[str, Any] = {"tracking_uri": uri}
+        for key in ("registry_uri", "artifact_location"):
+            if extra.get(key):
+                out[key] = extra[key]
+        # S3 artifact stores: MLflow's own client reads these variables.
+        if extra.get("s3_endpoint_url"):
+            os.environ["MLFLOW_S3_ENDPOINT_URL"] = extra["s3_endpoint_url"]
+        return {"registry": out}
+
+    def get_conn(self, cfg):
+        """A registry.api.Registry for the config, with this connection applied."""
+        from h3ops.steps.common import registry
+        overrides = self.registry_overrides()
+        return registry(cfg.with_overrides(overrides) if overrides else cfg)
+
+
+class LandingHook(BaseHook):
+    conn_name_attr = "landing_conn_id"
+    default_conn_name = LANDING_CONN_ID
+    conn_type = "aws"
+    hook_name = "h3ops landing (S3-compatible)"
+
+    def __init__(self, landing_conn_id: str = LANDING_CONN_ID) -> None:
+        super().__init__()
+        self.landing_conn_id = landing_conn_id
+
+    def get_conn(self):
+        """A boto3 S3 client, or None to use boto3's default chain (environment variables)."""
+        conn = _connection(self.landing_conn_id)
+        if conn is None:
+            return None
+        import boto3
+        extra = conn.extra_dejson or {}
+        return boto3.client("s3", endpoint_url=extra.get("endpoint_url") or conn.host or None,
+                            region_name=extra.get("region_name", "us-east-1"),
+                            aws_access_key_id=conn.login or None,
+                            aws_secret_access_key=conn.password or None)
