@@ -1,0 +1,55 @@
+"""Batched greedy generation on a loaded Hugging Face causal LM (left padding, stop strings)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Generation:
+    text: str
+    new_tokens: int
+
+
+def render(tok, prompt: str, chat: bool) -> str:
+    """The prompt as the model sees it: through its chat template when it has one and `chat` is set."""
+    if chat and getattr(tok, "chat_template", None):
+        return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                       add_generation_prompt=True)
+    return prompt
+
+
+def truncate(text: str, stops: list[str]) -> str:
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def generate(model, tok, prompts: list[str], *, max_new_tokens: int = 128, batch_size: int = 8,
+             chat: bool = True, stops: list[str] | None = None, max_prompt_tokens: int = 1024) -> list[Generation]:
+    """Greedy continuations, batched; prompts are sorted by length so padding stays small."""
+    import torch
+
+    stops = stops or []
+    texts = [render(tok, p, chat) for p in prompts]
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: list[Generation | None] = [None] * len(texts)
+    pad_side, tok.padding_side = tok.padding_side, "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
+                      max_length=max_prompt_tokens, add_special_tokens=not chat)
+            with torch.inference_mode():
+                seq = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                     stop_strings=stops or None, tokenizer=tok if stops else None)
+            new = seq[:, enc["input_ids"].shape[1]:]
+            for row, i in enumerate(idx):
+                ids = [t for t in new[row].tolist() if t != tok.pad_token_id]
+                if tok.eos_token_id in ids:
+                    ids = ids[:ids.index(tok.eos_token_id)]
+                out[i] = Generation(truncate(tok.decode(ids, skip_special_tokens=True), stops), len(ids))
+    finally:
+        tok.padding_side = pad_side
+    return out  # type: ignore[return-value]
