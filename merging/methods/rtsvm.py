@@ -52,7 +52,7 @@ class RTSVMConfig:
     exclude_keys: tuple = ()  # A15: 2-D keys merged like vectors
     nonmatrix_merge: str = "mean"  # A15: | "sum"
     svd_driver: str = "exact"  # fast path: "gram" | "randomized"
-    oversample: int = 8
+    oversample: int | None = None  # None → k (a sketch of 2k)
     power_iters: int = 2
     compute_dtype: str = "float32"
 

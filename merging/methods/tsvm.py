@@ -63,7 +63,8 @@ COMMON_PARAMS = [
     Param("nonmatrix_merge", str, "mean", choices=("mean", "sum"), help="vectors: mean or sum of deltas"),
     Param("orthogonalizer", str, "svd", choices=ORTHOGONALIZERS, help="polar factor via SVD or eigh whitening"),
     Param("svd_driver", str, "exact", choices=SVD_DRIVERS, help="exact SVD, or a faster top-k driver"),
-    CheckedParam("oversample", int, 8, check=_at_least(0), help="randomized driver: extra sketch columns"),
+    CheckedParam("oversample", int, None, check=_at_least(0),
+                 help="randomized driver: extra sketch columns (default: k, a sketch of 2k)"),
     CheckedParam("power_iters", int, 2, check=_at_least(0), help="randomized driver: power iterations"),
     Param("compute_dtype", str, "float32", choices=tuple(COMPUTE_DTYPES), help="dtype of the SVDs"),
 ]
