@@ -3,7 +3,8 @@
 `topk_scope: tensor` (mergekit) trims per tensor. `topk_scope: model` (the TIES paper) uses one
 magnitude threshold per candidate over the whole model, found exactly by a streaming prepass: two
 16-bit histograms of the float32 bit patterns of |δ| (non-negative floats sort like their bits).
-Entries tied at the threshold are kept in tensor-name order, then index order, up to exactly k.
+Entries tied at the threshold are kept as a stable ascending sort over the model would keep them
+(the last in tensor-name, then index, order), up to exactly k — the same rule as per tensor.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def model_thresholds(stream) -> dict:
         bits = (b_hi << 16) | b_lo
         thresholds[i] = torch.tensor([bits], dtype=torch.int32).view(torch.float32).item()
         need = ks[i] - above_hi - above_lo  # entries equal to the threshold still to keep
-        for name in sorted(per_tensor):
+        for name in sorted(per_tensor, reverse=True):
             h = per_tensor[name].get(i)
             ties = int(h.to_dense()[b_lo]) if h is not None else 0
             take = min(ties, need)
@@ -77,7 +78,7 @@ def _trim_model_scope(task: TensorTask, i: int, delta: torch.Tensor) -> torch.Te
     keep = a > t
     quota = task.state["ties_quota"].get(task.name, {}).get(i, 0)
     if quota:
-        keep[(a == t).nonzero().view(-1)[:quota]] = True
+        keep[(a == t).nonzero().view(-1)[-quota:]] = True
     return delta * keep.view(delta.shape)
 
 
