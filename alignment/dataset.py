@@ -175,7 +175,8 @@ def write_rows(rows: list[dict], out_dir: str | Path, *, dimension: str, provena
     out_dir = Path(out_dir)
     staging = out_dir.parent / f".{out_dir.name}.rows.jsonl"
     staging.parent.mkdir(parents=True, exist_ok=True)
-    staging.write_bytes(_jsonl(rows))
+    unique = list({r["id"]: r for r in rows}.values())  # the same pair from two inputs is one row
+    staging.write_bytes(_jsonl(unique))
     try:
         ref = build_dataset([staging], out_dir, dimension=dimension, eval_holdout=0.0, format="canonical",
                             overwrite=overwrite)
