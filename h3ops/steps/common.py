@@ -46,13 +46,17 @@ def workdir(cfg: PipelineConfig, *parts: str) -> Path:
 
 def local_model(cfg: PipelineConfig, uri: str) -> Path:
     """A local folder for a model given as a path or a `models:/…`/`runs:/…`/`s3://` URI."""
-    if "://" not in uri or uri.startswith("file://"):
+    if not uri.startswith(("models:/", "runs:/", "s3://")):
         path = abspath(uri.removeprefix("file://"))
         if not path.is_dir():
             raise FileNotFoundError(f"{uri}: model folder does not exist")
         return path
-    safe = uri.replace(":/", "").replace("/", "_")
-    return Path(registry(cfg).download(uri, workdir(cfg, "downloads") / safe))
+    # Registered versions are immutable and downloads are atomic and digest-checked: a finished
+    # copy is reused.
+    dest = workdir(cfg, "downloads") / uri.replace(":/", "").replace("/", "_").replace("@", "_at_")
+    if (dest / "config.json").is_file():
+        return dest
+    return Path(registry(cfg).download(uri, dest))
 
 
 def write_json(path: Path, data: Any) -> Path:

@@ -31,10 +31,9 @@ def _plain(obj: Any) -> Any:
 def existing_scores(cfg: PipelineConfig, model_uri: str) -> dict | None:
     """Scores already logged for this model with this suite, or None."""
     got = registry(cfg).get_scores(model_uri)
-    if not got:
+    if got is None or got.suite != cfg.evaluation.suite:
         return None
-    got = _plain(got)
-    return got if got.get("suite") in (None, cfg.evaluation.suite) else None
+    return {"metrics": dict(got.metrics), "scores": got.to_dict(), "suite_digest": got.suite_digest}
 
 
 @step("evaluate")
@@ -49,6 +48,8 @@ def evaluate(cfg: PipelineConfig, model_uri: str, *, force: bool = False) -> dic
     result = run_suite(str(local_model(cfg, model_uri)), ev.suite, limit=ev.limit, judge=ev.judge,
                        cache_dir=ev.cache_dir or str(workdir(cfg, "eval-cache")),
                        out_dir=str(workdir(cfg, "eval", safe)))
-    registry(cfg).log_evaluation(model_uri, dict(result.metrics), dict(result.scores), result.suite_digest)
-    return {"model_uri": model_uri, "metrics": _plain(result.metrics), "scores": _plain(result.scores),
-            "suite_digest": result.suite_digest, "cached": False}
+    # The registry keys scores by the scoring suite's digest (what the gate compares).
+    registry(cfg).log_evaluation(model_uri, dict(result.metrics), result.scores, result.scores.suite_digest,
+                                 details_dir=result.details_dir)
+    return {"model_uri": model_uri, "metrics": _plain(result.metrics), "scores": result.scores.to_dict(),
+            "suite_digest": result.scores.suite_digest, "cached": False}

@@ -11,6 +11,7 @@ from dataclasses import asdict, is_dataclass
 from typing import Any
 
 from h3ops.config import PipelineConfig
+from h3ops.digest import digest_file, digest_json, short
 from h3ops.steps import step
 from h3ops.steps.common import read_json, workdir, write_json
 from h3ops.steps.storage import fetch, list_files
@@ -45,18 +46,22 @@ def scan(cfg: PipelineConfig, dimension: str, *, s3_client: Any = None) -> list[
 def ingest(cfg: PipelineConfig, dimension: str, *, files: list[str] | None = None,
            s3_client: Any = None) -> dict:
     """Validate and build the dimension's dataset; returns its ref plus `new` and `quarantined`."""
-    from alignment.dataset import build_dataset
+    from alignment.dataset import DatasetError, build_dataset
 
     files = scan(cfg, dimension, s3_client=s3_client) if files is None else files
     staging = workdir(cfg, "landing", dimension)
     sources = [fetch(f, staging, client=s3_client) for f in files]
     quarantine = workdir(cfg, "quarantine", dimension)
-    before = {p.name for p in quarantine.iterdir()}
-    ref = build_dataset(sources, workdir(cfg, "datasets", dimension), dimension=dimension,
-                        quarantine_dir=quarantine)
-    out = _as_dict(ref)
-    out["dimension"] = dimension
-    out["quarantined"] = sorted(p.name for p in quarantine.iterdir() if p.name not in before)
+    # Same landed files → same folder; the builder returns an existing identical dataset as is.
+    key = short(digest_json(sorted(digest_file(p) for p in sources)))
+    try:
+        if not sources:
+            raise DatasetError(f"no {dimension} files in {cfg.dimension(dimension).landing}")
+        out = _as_dict(build_dataset(sources, workdir(cfg, "datasets", dimension) / key,
+                                     dimension=dimension, quarantine_dir=quarantine))
+    except DatasetError as e:  # nothing valid: no dataset, no event, the report says why
+        out = {"dimension": dimension, "uri": None, "digest": None, "rows": 0, "error": str(e),
+               "quarantined": sorted(str(p) for p in quarantine.glob("*") if not p.name.endswith(".json"))}
     previous = latest_dataset(cfg, dimension)
     out["new"] = bool(out.get("rows")) and (previous or {}).get("digest") != out.get("digest")
     if out["new"]:

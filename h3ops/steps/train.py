@@ -33,11 +33,10 @@ def prepare_base(cfg: PipelineConfig) -> str:
 def dpo_settings(cfg: PipelineConfig, **extra: Any):
     """alignment's DPOSettings from the config's preset and overrides (its own validation applies)."""
     from alignment.dpo import DPOSettings
-    base: dict[str, Any] = {}
+    overrides = {**cfg.dpo.overrides, **extra}
     if cfg.dpo.preset:
-        preset = DPOSettings.preset(cfg.dpo.preset)
-        base = preset.to_dict() if hasattr(preset, "to_dict") else dict(vars(preset))
-    return DPOSettings(**{**base, **cfg.dpo.overrides, **extra})
+        return DPOSettings.preset(cfg.dpo.preset, **overrides)
+    return DPOSettings.from_dict(overrides)
 
 
 def _settings_key(cfg: PipelineConfig) -> str:
@@ -50,9 +49,10 @@ def train_candidate(cfg: PipelineConfig, base: str, dataset: dict, dimension: st
     from alignment.dpo import train
     if dataset.get("dimension", dimension) != dimension:
         raise ValueError(f"dataset is for {dataset.get('dimension')!r}, task is for {dimension!r}")
-    out = workdir(cfg, "candidates") / f"{dimension}-{short(dataset['digest'])}-{_settings_key(cfg)}"
-    path = train(local_model(cfg, base), dataset["uri"], out, settings=dpo_settings(cfg),
-                 dimension=dimension)
+    base_dir = local_model(cfg, base)
+    key = short(digest_json([str(base_dir), dataset["digest"], _settings_key(cfg)]))
+    out = workdir(cfg, "candidates") / f"{dimension}-{key}"
+    path = train(base_dir, dataset["uri"], out, settings=dpo_settings(cfg), dimension=dimension)
     return {"path": str(path), "dimension": dimension, "data_digest": dataset["digest"]}
 
 
@@ -63,9 +63,10 @@ def train_continual(cfg: PipelineConfig, base: str, datasets: dict[str, dict]) -
     order = [d for d in cfg.continual_order if d in datasets]
     if not order:
         raise ValueError("continual: no dataset for any dimension in continual.order")
-    key = short(digest_json([[d, datasets[d]["digest"]] for d in order] + [_settings_key(cfg)]))
+    base_dir = local_model(cfg, base)
+    key = short(digest_json([str(base_dir)] + [[d, datasets[d]["digest"]] for d in order] + [_settings_key(cfg)]))
     stages = [(d, datasets[d]["uri"]) for d in order]
-    paths = run_continual(local_model(cfg, base), stages, workdir(cfg, "continual") / key,
+    paths = run_continual(base_dir, stages, workdir(cfg, "continual") / key,
                           settings=dpo_settings(cfg))
     return [{"path": str(abspath(p)), "dimension": d, "data_digest": datasets[d]["digest"], "stage": i + 1}
             for i, (p, d) in enumerate(zip(paths, order))]
