@@ -76,9 +76,12 @@ def expand_local(source: str | Path) -> list[Path]:
 
 def s3_client():
     import boto3
+    from botocore.config import Config
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
-    return boto3.client("s3", endpoint_url=endpoint)
+    # S3-compatible stores (rclone, MinIO) behind a custom endpoint expect path-style addressing.
+    config = Config(s3={"addressing_style": "path"}) if endpoint else None
+    return boto3.client("s3", endpoint_url=endpoint, config=config)
 
 
 def fetch_s3(uri: str, into: Path) -> list[tuple[str, Path]]:
