@@ -1,0 +1,163 @@
+"""`h3ops register | versions | compare | promote | rollback`: the registry's CLI twin.
+
+Exit codes: 0 done, 1 gate failed (nothing moved), 2 bad input or a refused operation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from h3ops.checkpoint import CheckpointError
+from registry.checkpoints import TAG
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                   help="MLflow tracking server (default: $MLFLOW_TRACKING_URI)")
+    p.add_argument("--registry-uri", default=os.environ.get("MLFLOW_REGISTRY_URI"))
+    p.add_argument("--artifact-location", default=None, help="artifact root for experiments h3ops creates")
+    p.add_argument("--project", required=True)
+
+
+def _parser(cmd: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"h3ops {cmd}")
+    _common(p)
+    if cmd == "register":
+        p.add_argument("folder")
+        p.add_argument("--kind", required=True, choices=["candidate", "continual", "merged", "base"])
+        for opt in ("dimension", "data-digest", "config-digest", "base-digest", "method", "description"):
+            p.add_argument(f"--{opt}")
+        p.add_argument("--parent", action="append", default=[], help="parent URI or sha256 digest (repeatable)")
+    elif cmd in ("versions", "compare"):
+        p.add_argument("--kind", default="merged", choices=["candidate", "continual", "merged", "base"])
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        if cmd == "compare":
+            p.add_argument("version", nargs="*", help="versions to compare (default: all)")
+    elif cmd == "promote":
+        p.add_argument("--candidate", required=True, help="models:/<project>-merged/<version>")
+        p.add_argument("--decision", help="a decision JSON written by `h3ops gate` (else the gate runs here)")
+        p.add_argument("--margin", type=float)
+        p.add_argument("--max-regression", type=float)
+        p.add_argument("--rule", choices=["average", "every_dimension"])
+        p.add_argument("--manifest", help="serving manifest location (local path or s3://bucket/key)")
+        p.add_argument("--by")
+        p.add_argument("--reason")
+    elif cmd == "rollback":
+        p.add_argument("--manifest")
+        p.add_argument("--by")
+        p.add_argument("--reason", default="rollback")
+    return p
+
+
+def _registry(a):
+    from registry.api import Registry, RegistryError
+
+    if not a.tracking_uri:
+        raise RegistryError("no tracking server: pass --tracking-uri or set MLFLOW_TRACKING_URI")
+    return Registry(a.tracking_uri, a.registry_uri, a.artifact_location)
+
+
+def _rows(reg, project: str, kind: str, only: list[str] | None = None) -> list[dict[str, Any]]:
+    prod, prev = reg.production(project), reg.previous_production(project)
+    rows = []
+    for r in reg.versions(project, kind):
+        if only and r.version not in only:
+            continue
+        s = reg.get_scores(r)
+        aliases = [n for n, a in (("production", prod), ("previous-production", prev)) if a and a.uri == r.uri]
+        parents = json.loads(r.tags.get(f"{TAG}parents", "[]") or "[]")
+        rows.append({"version": r.version, "uri": r.uri, "kind": r.tags.get(f"{TAG}kind", ""),
+                     "dimension": r.tags.get(f"{TAG}dimension", ""), "method": r.tags.get(f"{TAG}method", ""),
+                     "parents": [p.get("uri") or p.get("digest", "")[:19] for p in parents],
+                     "aliases": aliases, "suite": s.suite if s else None,
+                     **{k: (round(getattr(s, k), 2) if s else None)
+                        for k in ("helpful_avg", "honest_avg", "harmless_avg", "avg")}})
+    return rows
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    cols = ["version", "kind", "dimension", "method", "helpful_avg", "honest_avg", "harmless_avg", "avg",
+            "aliases", "parents"]
+    cells = [[c for c in cols]] + [[", ".join(map(str, r[c])) if isinstance(r[c], list)
+                                    else ("-" if r[c] in (None, "") else str(r[c])) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _gate(reg, a):
+    """Run the gate from registered scores: candidate, production, latest continual sequence."""
+    from evaluation.gate import GatePolicy, decide
+    from registry.api import RegistryError
+
+    cand = reg.resolve(a.candidate)
+    cs = reg.get_scores(cand)
+    if cs is None:
+        raise RegistryError(f"{cand.uri} has no evaluation scores: evaluate it before promoting")
+    prod = reg.production(a.project)
+    ps = None
+    if prod is not None:
+        ps = reg.get_scores(prod, cs.suite_digest)
+        if ps is None:
+            raise RegistryError(f"production {prod.uri} has no scores under suite {cs.suite!r}: evaluate it first "
+                                "(its scores are never assumed)")
+    base = cand.tags.get(f"{TAG}base_digest")
+    cont_refs = [r for r in reg.versions(a.project, "continual") if r.tags.get(f"{TAG}base_digest") == base]
+    seqs = [r.tags.get(f"{TAG}sequence") for r in cont_refs if r.tags.get(f"{TAG}sequence")]
+    if seqs:
+        cont_refs = [r for r in cont_refs if r.tags.get(f"{TAG}sequence") == seqs[-1]]
+    cont = []
+    for r in cont_refs:
+        s = reg.get_scores(r, cs.suite_digest)
+        if s is None:
+            raise RegistryError(f"continual checkpoint {r.uri} has no scores under suite {cs.suite!r}")
+        cont.append(s)
+    policy = GatePolicy(**{k: v for k, v in (("margin", a.margin), ("max_regression", a.max_regression),
+                                              ("rule", a.rule)) if v is not None})
+    return decide(cs, ps, cont, policy, versions={"candidate": cand.uri, "production": prod.uri if prod else None,
+                                                 "continual": [r.uri for r in cont_refs]})
+
+
+def main(argv: list[str]) -> int:
+    cmd, rest = argv[0], list(argv[1:])
+    a = _parser(cmd).parse_args(rest)
+    from evaluation.gate import GateError
+    from evaluation.scoring import ScoringError
+    from registry.api import RegistryError
+
+    try:
+        reg = _registry(a)
+        if cmd == "register":
+            ref = reg.register_checkpoint(a.folder, project=a.project, kind=a.kind, dimension=a.dimension,
+                                          data_digest=a.data_digest, config_digest=a.config_digest,
+                                          base_digest=a.base_digest, parents=a.parent, method=a.method,
+                                          description=a.description)
+            print(json.dumps({"uri": ref.uri, "name": ref.name, "version": ref.version,
+                              "idempotency_key": ref.idempotency_key}))
+        elif cmd in ("versions", "compare"):
+            rows = _rows(reg, a.project, a.kind, getattr(a, "version", None) or None)
+            print(json.dumps(rows, indent=2) if a.json else _table(rows))
+            if cmd == "compare" and not a.json:
+                print(f"\nMLflow UI: {reg.compare_url(a.project, [r['version'] for r in rows], a.kind)}")
+        elif cmd == "promote":
+            if a.decision:
+                with open(a.decision) as f:
+                    decision = json.load(f)
+            else:
+                decision = _gate(reg, a)
+                print(decision.summary())
+            res = reg.promote(a.project, a.candidate, decision, by=a.by, reason=a.reason, manifest_path=a.manifest)
+            print(res.message)
+            return 0 if res.promoted else 1
+        elif cmd == "rollback":
+            res = reg.rollback(a.project, by=a.by, reason=a.reason, manifest_path=a.manifest)
+            print(res.message)
+        else:
+            print(f"h3ops: registry has no command {cmd!r}", file=sys.stderr)
+            return 2
+    except (RegistryError, CheckpointError, ScoringError, GateError) as e:
+        print(f"h3ops {cmd}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
