@@ -1,0 +1,123 @@
+"""`h3ops eval | score | gate`: the CLI twins of run_suite, scoring.aggregate and gate.decide."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _suite_for(name: str | None):
+    """A scoring suite by name; YAML suites (cpu-3h, …) are registered on first use."""
+    from evaluation import scoring
+    from evaluation.suites_def import available, load_suite, scoring_suite
+
+    if name and (name in available() or Path(name).suffix in (".yaml", ".yml")):
+        return scoring_suite(load_suite(name))
+    return scoring.get_suite(name)
+
+
+def _read_scores(path: str, suite: str | None):
+    """Scores from a result.json (run_suite's) or a plain {benchmark: metric} JSON."""
+    from evaluation.scoring import aggregate
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"h3ops: cannot read scores from {path}: {e}")
+    if not isinstance(data, dict):
+        raise SystemExit(f"h3ops: {path}: expected a JSON object of metrics or a result.json")
+    if "metrics" in data and isinstance(data["metrics"], dict):
+        return aggregate(data["metrics"], _suite_for(suite or data.get("suite")))
+    return aggregate(data, _suite_for(suite))
+
+
+def cmd_eval(args) -> int:
+    from evaluation.runner import run_suite
+
+    res = run_suite(args.model, args.suite, limit=args.limit, judge=args.judge, cache_dir=args.cache_dir,
+                    out_dir=args.out, device=args.device)
+    width = max(map(len, res.metrics))
+    for k, v in res.metrics.items():
+        print(f"{k:<{width}}  {v:7.2f}")
+    for k, v in res.scores.averages().items():
+        print(f"{k:<{width}}  {v:7.2f}")
+    print(f"suite {res.suite} {res.suite_digest[:19]}…  model {res.model_digest[:19]}…"
+          f"{'  (cached)' if res.cached else ''}")
+    if args.out:
+        print(f"result: {Path(args.out) / 'result.json'}")
+    if args.mlflow_tracking_uri:
+        from evaluation.mlflow_log import log_result
+
+        run_id = log_result(res, tracking_uri=args.mlflow_tracking_uri, experiment=args.mlflow_experiment,
+                            model_version=args.model_version)
+        print(f"mlflow run: {run_id}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    scores = _read_scores(args.metrics, args.suite)
+    print(json.dumps(scores.to_dict(), indent=2))
+    return 0
+
+
+def cmd_gate(args) -> int:
+    import yaml
+
+    from evaluation.gate import decide
+
+    cand = _read_scores(args.candidate, args.suite)
+    prod = _read_scores(args.production, args.suite) if args.production else None
+    cont = [_read_scores(p, args.suite) for p in args.continual]
+    policy = yaml.safe_load(Path(args.policy).read_text()) if args.policy else None
+    decision = decide(cand, prod, cont, policy)
+    print(decision.summary())
+    if args.out:
+        Path(args.out).write_text(json.dumps(decision.to_dict(), indent=2, default=str) + "\n")
+    return 0 if decision.passed else 1
+
+
+def parser(name: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"h3ops {name}")
+    if name == "eval":
+        p.add_argument("model", help="checkpoint folder")
+        p.add_argument("--suite", default="cpu-3h", help="suite name or YAML path (default cpu-3h)")
+        p.add_argument("--limit", type=int, help="at most N items per benchmark")
+        p.add_argument("--judge", help="keyword | minilm | http[:MODEL] (default: the suite's)")
+        p.add_argument("--out", help="folder for result.json, metrics.json and per-item details")
+        p.add_argument("--cache-dir", help="evaluation cache (default $H3OPS_EVAL_CACHE or ~/.cache/h3ops/eval)")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--mlflow-tracking-uri", help="log an evaluation run there")
+        p.add_argument("--mlflow-experiment", default="h3ops-eval")
+        p.add_argument("--model-version", help="models:/NAME/VERSION the run is linked to")
+    elif name == "score":
+        p.add_argument("metrics", help="metrics JSON ({benchmark: value}) or a result.json")
+        p.add_argument("--suite", help="suite name (default: the result's, else full-3h)")
+    elif name == "gate":
+        p.add_argument("candidate", help="candidate metrics/result JSON")
+        p.add_argument("--production", help="production metrics/result JSON (none on a first run)")
+        p.add_argument("--continual", nargs="*", default=[], help="continual-DPO stages' metrics/result JSONs")
+        p.add_argument("--policy", help="gate policy YAML/JSON (margin, max_regression, rule)")
+        p.add_argument("--suite", help="suite name (default: the results')")
+        p.add_argument("--out", help="write the decision record here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("eval", "score", "gate"):
+        print("usage: h3ops eval|score|gate …", file=sys.stderr)
+        return 2
+    name, rest = argv[0], argv[1:]
+    args = parser(name).parse_args(rest)
+    from evaluation.data import DataError
+    from evaluation.gate import GateError
+    from evaluation.runner import EvalError
+    from evaluation.scoring import ScoringError
+    from evaluation.suites_def import SuiteError
+
+    try:
+        return {"eval": cmd_eval, "score": cmd_score, "gate": cmd_gate}[name](args)
+    except (EvalError, SuiteError, ScoringError, GateError, DataError) as e:
+        print(f"h3ops {name}: error: {e}", file=sys.stderr)
+        return 2
