@@ -1,0 +1,1 @@
+"""Local and production stacks for h3ops (not needed by unit tests)."""

@@ -1,0 +1,36 @@
+"""The names every part of the stack agrees on: connections, pools, queues, buckets, variables.
+
+The local stack, the compose file, the Helm values and the pod templates all use these; the infra
+tests check the YAML files against them, so a rename here shows up as a failing test there.
+"""
+from __future__ import annotations
+
+# Airflow objects the DAGs and plugins look up.
+MLFLOW_CONN_ID = "mlflow_default"   # conn_type http, host = tracking server URL
+S3_CONN_ID = "aws_default"          # conn_type aws, login/password = keys, extra.endpoint_url
+GPU_POOL = "gpu"                    # slots = GPUs, for local executors
+GPU_QUEUE = "gpu"                   # Celery queue served by GPU workers
+DEFAULT_QUEUE = "default"
+
+# Artifact store.
+ARTIFACT_BUCKET = "h3ops-artifacts"
+MLFLOW_ARTIFACT_PREFIX = "mlflow"
+LANDING_PREFIX = "landing"          # preference files dropped here (s3://<bucket>/landing/...)
+
+# Environment variables read by MLflow / boto3 inside tasks and workers.
+MLFLOW_ENV = ("MLFLOW_TRACKING_URI",)
+S3_ENV = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
+# Airflow settings the platform relies on (low parallelism: see FACTS, 32 workers = 5.5 GiB).
+AIRFLOW_BASE_ENV = {
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__CORE__PARALLELISM": "4",
+    "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+}
+
+# Local-stack defaults (loopback only; the keys protect nothing but typos).
+LOCAL_S3_ACCESS_KEY = "h3ops"
+LOCAL_S3_SECRET_KEY = "h3ops-local-secret"
+LOCAL_REGION = "us-east-1"
+DEFAULT_PORTS = {"s3": 9000, "mlflow": 5000, "airflow": 8080}
+PG_DATABASES = {"airflow": "h3ops_airflow", "mlflow": "h3ops_mlflow"}
