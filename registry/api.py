@@ -285,7 +285,7 @@ class Registry:
         refs = [r for r in self.versions(project, kind) if versions is None or r.version in {str(v) for v in versions}]
         if len(refs) < 2:
             raise RegistryError(f"{name}: need at least two versions to compare, found {[r.version for r in refs]}")
-        runs = {r.run_id: r.version for r in refs}
+        runs = {r.version: r.run_id for r in refs}  # the page reads it as versionsToRuns
         return (f"{self.ui_url()}/#/compare-model-versions?name={quote(json.dumps(quote(name, safe='')))}"
                 f"&runs={quote(json.dumps(runs, separators=(',', ':')))}")
 
