@@ -76,16 +76,27 @@ def start(name: str, cmd: list[str], env: dict[str, str], state_dir: Path, log_d
 
 
 def group_members(rec: ProcRecord) -> list[psutil.Process]:
-    """The leader, its descendants and anything else still in its process group."""
+    """The leader, its descendants and anything else still in its process group.
+
+    When the leader is gone its orphans keep the group id (Linux does not hand out a pid still in
+    use as a group id); when the pid now belongs to someone else, that group is not ours.
+    """
     members: dict[int, psutil.Process] = {}
     leader = rec.process()
+    if leader is None and psutil.pid_exists(rec.pid):
+        try:
+            if psutil.Process(rec.pid).status() != psutil.STATUS_ZOMBIE:
+                return []  # pid reused by an unrelated process
+        except psutil.Error:
+            pass
     if leader is not None:
         members[leader.pid] = leader
         for child in leader.children(recursive=True):
             members[child.pid] = child
     for proc in psutil.process_iter():
         try:
-            if os.getpgid(proc.pid) == rec.pid and proc.pid not in members:
+            if (proc.pid not in members and os.getpgid(proc.pid) == rec.pid
+                    and proc.create_time() >= rec.create_time - 1.0):
                 members[proc.pid] = proc
         except (OSError, psutil.Error):
             continue
