@@ -27,6 +27,7 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", action="store_true", help="train a LoRA adapter (merged into the output)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any DPOSettings field")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--tracking-uri", help="log training metrics to this MLflow tracking server")
 
 
 def _settings(ns):
@@ -111,7 +112,8 @@ def _train(argv: list[str]) -> int:
     ns = p.parse_args(argv)
     from alignment.dpo import train
 
-    out = train(ns.base, ns.data, ns.out, settings=_settings(ns), dimension=ns.dimension, overwrite=ns.overwrite)
+    out = train(ns.base, ns.data, ns.out, settings=_settings(ns), dimension=ns.dimension, overwrite=ns.overwrite,
+                tracking_uri=ns.tracking_uri)
     _emit({"checkpoint": str(out), "manifest": json.loads((Path(out) / "h3ops.json").read_text())})
     return 0
 
@@ -127,7 +129,8 @@ def _continual(argv: list[str]) -> int:
     from alignment.continual import run_continual
 
     stages = _pairs([s for item in ns.stage for s in item.split(",")], "--stage")
-    outs = run_continual(ns.base, stages, ns.out, settings=_settings(ns), overwrite=ns.overwrite)
+    outs = run_continual(ns.base, stages, ns.out, settings=_settings(ns), overwrite=ns.overwrite,
+                         tracking_uri=ns.tracking_uri)
     _emit({"checkpoints": [str(o) for o in outs]})
     return 0
 
@@ -163,7 +166,7 @@ def _mixture(argv: list[str]) -> int:
 
         result["checkpoint"] = str(train(ns.train_base, ref.uri, ns.model_out, settings=_settings(ns),
                                          dimension="mixture", kind="mixture", overwrite=ns.overwrite,
-                                         extra={"mixture": ns.method}))
+                                         extra={"mixture": ns.method}, tracking_uri=ns.tracking_uri))
     _emit(result)
     return 0
 

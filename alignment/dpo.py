@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,7 @@ def trl_config(work: Path, settings: DPOSettings, n_rows: int):
 
 def _fit(base: Path, data, work: Path, settings: DPOSettings, callbacks: list) -> dict[str, Any]:
     import torch
+    from transformers import PrinterCallback
     from trl import DPOTrainer
 
     model, tok = _load_base(base, torch.float32)
@@ -203,6 +205,9 @@ def _fit(base: Path, data, work: Path, settings: DPOSettings, callbacks: list) -
     trainer = DPOTrainer(model=model, ref_model=ref, args=trl_config(work, settings, len(data.train)),
                          train_dataset=_to_trl(data.train), processing_class=tok, peft_config=peft_config,
                          callbacks=callbacks)
+    # Progress goes to stderr: stdout belongs to the CLI's JSON result.
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(_StderrLog())
     last = _last_checkpoint(work) if work.is_dir() else None
     trainer.train(resume_from_checkpoint=str(last) if last else None)
     history = [h for h in trainer.state.log_history if "loss" in h]
@@ -210,6 +215,22 @@ def _fit(base: Path, data, work: Path, settings: DPOSettings, callbacks: list) -
                "first": _pick(history[0]) if history else {}, "last": _pick(history[-1]) if history else {}}
     return {"model": trainer.model, "tokenizer": tok, "metrics": metrics, "history": history,
             "resumed_from_step": int(last.name.split("-")[-1]) if last else 0, "lora": settings.lora}
+
+
+def _stderr_log_class():
+    from transformers import TrainerCallback
+
+    class StderrLog(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if state.is_world_process_zero and logs:
+                print(f"[dpo step {state.global_step}/{state.max_steps}] "
+                      + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items()),
+                      file=sys.stderr, flush=True)
+    return StderrLog
+
+
+def _StderrLog():  # noqa: N802 - built lazily so importing this module does not import transformers
+    return _stderr_log_class()()
 
 
 def _pick(h: dict) -> dict[str, float]:

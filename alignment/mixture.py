@@ -122,7 +122,7 @@ def hummer_select(rows: list[dict], judge: Scorer, *, threshold: float = 0.2,
     n_ok = len(rows) - n_conf
     # the largest c with c / (n_ok + c) <= threshold
     allowed = int(threshold * n_ok / (1 - threshold) + 1e-9)
-    conflicting = sorted((s, r["id"], i) for i, s in enumerate(sev) if s > 0)  # mildest first
+    conflicting = sorted((s, rows[i]["id"], i) for i, s in enumerate(sev) if s > 0)  # mildest first
     keep_idx = {i for i, s in enumerate(sev) if s == 0} | {i for _, _, i in conflicting[:allowed]}
     return [{**r, "meta": {**r.get("meta", {}), "conflict": sev[i]}} for i, r in enumerate(rows) if i in keep_idx]
 
