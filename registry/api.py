@@ -63,6 +63,16 @@ def project_of(name: str) -> str:
     raise RegistryError(f"{name!r} is not an h3ops registered model (<project>-candidates|continual|merged|base)")
 
 
+def _unreachable(e: BaseException) -> bool:
+    text = f"{type(e).__name__} {e}"
+    return any(m in text for m in ("Max retries exceeded", "ConnectionError", "Connection refused",
+                                   "ConnectTimeout", "ReadTimeout", "RemoteDisconnected"))
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+
+
 def _is(e: Exception, code: str) -> bool:
     return getattr(e, "error_code", None) == code or code in str(e)
 
@@ -135,12 +145,22 @@ class Registry:
         lineage = inspect_checkpoint(folder, kind=kind, dimension=dimension, data_digest=data_digest,
                                      config_digest=config_digest, base_digest=base_digest, parents=parents,
                                      method=method)
+        try:
+            return self._register(Path(folder), project, name, kind, lineage, description)
+        except Exception as e:
+            if _unreachable(e):
+                raise RegistryError(f"MLflow at {self.tracking_uri} (registry {self.registry_uri}) was unreachable "
+                                    f"while registering {folder}: {_first_line(e)}. No version was created; "
+                                    "retrying is safe (the idempotency key finds any finished upload)") from e
+            raise
+
+    def _register(self, folder: Path, project: str, name: str, kind: str, lineage, description) -> VersionRef:
         key = lineage.idempotency_key
         self._ensure_model(name, kind)
         existing = self._find_by_key(name, key)
         if existing:
             return self._ref(existing[0])
-        run_id = self._uploaded_run(project, name, lineage, Path(folder))
+        run_id = self._uploaded_run(project, name, lineage, folder)
         run = self.client.get_run(run_id)
         desc = description or (f"{kind} checkpoint" + (f" for {lineage.dimension}" if lineage.dimension else "")
                                + (f", method {lineage.method}" if lineage.method else "")

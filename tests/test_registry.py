@@ -113,6 +113,23 @@ def test_crash_between_upload_and_registration_leaves_nothing_visible(mlflow_sql
     assert reg.register_checkpoint(tiny_candidates[2], project=project, kind="candidate").uri == ref.uri
 
 
+def test_server_unreachable_gives_clear_error_and_retry_registers_once(mlflow_sqlite, tiny_candidates, monkeypatch):
+    from tests.fixtures.servers import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    project = unique("down")
+    # Tracking reachable, registry down: the upload side works, registration cannot.
+    broken = Registry(mlflow_sqlite.url, registry_uri=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(RegistryError, match="unreachable .*retrying is safe"):
+        broken.register_checkpoint(tiny_candidates[0], project=project, kind="candidate")
+    reg = Registry(mlflow_sqlite.url)
+    assert reg.client.search_model_versions(f"name = '{project}-candidates'") == []
+    ref = reg.register_checkpoint(tiny_candidates[0], project=project, kind="candidate")
+    assert reg.register_checkpoint(tiny_candidates[0], project=project, kind="candidate").uri == ref.uri
+    assert [r.uri for r in reg.versions(project, "candidate")] == [ref.uri]
+
+
 def test_gate_promote_fail_missing_rollback_and_manifests(mlflow_server, tiny_candidates, tmp_path, capsys):
     reg = Registry(mlflow_server.url)
     project = unique("promo")
