@@ -237,7 +237,7 @@ class Registry:
         sc = scores if isinstance(scores, Scores) else Scores.from_dict(scores)
         if sc.suite_digest != suite_digest:
             raise RegistryError(f"scores were computed with suite digest {sc.suite_digest}, not {suite_digest}")
-        values = {**{k: float(v) for k, v in metrics.items()}, **sc.averages()}
+        values = {**{k: float(v) for k, v in metrics.items()}, **sc.metrics, **sc.averages()}
         exp = self.experiment_id(f"h3ops/{project_of(ref.name)}/evaluations")
         run = self.client.create_run(exp, tags={
             "mlflow.runName": f"eval-{ref.name}-v{ref.version}-{sc.suite}", f"{TAG}model_uri": ref.uri,
@@ -272,7 +272,14 @@ class Registry:
         if not rid:
             return None
         scores = Scores.from_dict(json.loads(self.client.get_run(rid).data.tags[f"{TAG}scores"]))
-        return scores if suite_digest is None or scores.suite_digest == suite_digest else None
+        if suite_digest is None or scores.suite_digest == suite_digest:
+            return scores
+        # The latest evaluation used another suite: look for an earlier one under the asked suite.
+        exp = self.client.get_experiment_by_name(f"h3ops/{project_of(ref.name)}/evaluations")
+        runs = [] if exp is None else self.client.search_runs(
+            [exp.experiment_id], f"tags.`{TAG}model_uri` = '{ref.uri}' and tags.`{TAG}suite_digest` = '{suite_digest}'",
+            order_by=["attributes.start_time DESC"], max_results=1)
+        return Scores.from_dict(json.loads(runs[0].data.tags[f"{TAG}scores"])) if runs else None
 
     # --- queries ------------------------------------------------------------------------------------
     def versions(self, project: str, kind: str = "merged") -> list[VersionRef]:

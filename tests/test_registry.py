@@ -272,3 +272,19 @@ def test_compare_page_renders_in_headless_chromium(compared, tmp_path):
     assert "Comparing 2 Versions" in text, text[:2000]
     for metric in ("helpful_avg 56.65 59.61", "honest_avg 51.6 53.8", "harmless_avg 85.52 81.91", "avg 64.59 65.11"):
         assert metric in text, (metric, text[:3000])
+
+
+def test_scores_per_suite_and_mismatched_digest(mlflow_sqlite, tiny_candidates):
+    from evaluation.scoring import FULL_3H
+
+    reg = Registry(mlflow_sqlite.url)
+    project = unique("suite")
+    uri = _register_merged(reg, tiny_candidates[0], project, "x", row("5", "TSVM"))
+    m = row("5", "TSVM")
+    x10 = aggregate(m, "full-3h-mt10")
+    with pytest.raises(RegistryError, match="suite digest"):
+        reg.log_evaluation(uri, m, x10, FULL_3H.digest)
+    reg.log_evaluation(uri, m, x10, x10.suite_digest)
+    assert reg.get_scores(uri).suite == "full-3h-mt10"  # the latest evaluation
+    assert reg.get_scores(uri, FULL_3H.digest).avg == pytest.approx(65.11, abs=0.005)  # an earlier one, by suite
+    assert reg.get_scores(uri, "sha256:" + "0" * 64) is None
