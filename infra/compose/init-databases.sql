@@ -1,0 +1,3 @@
+-- One PostgreSQL server, two metadata databases: Airflow's and MLflow's.
+CREATE DATABASE airflow;
+CREATE DATABASE mlflow;
