@@ -27,6 +27,13 @@ def rank_window(w: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         return mask
     if start == 0 and stop == n:
         return ~mask
+    if stop == n:  # the top n - start: one k-th value, ties at it filled from the end (stable order)
+        lo = w.kthvalue(start + 1).values
+        mask = w > lo
+        need = (n - start) - int(mask.sum())
+        if need:
+            mask[(w == lo).nonzero().view(-1)[-need:]] = True
+        return mask
     lo = w.kthvalue(start + 1).values if start > 0 else w.min()
     hi = w.kthvalue(stop).values if stop < n else w.max()
     mask = (w > lo) & (w < hi)
@@ -104,22 +111,29 @@ def magprune(task: TensorTask, i: int, delta: torch.Tensor, density: float, epsi
 
 def combine(task: TensorTask, deltas: list[torch.Tensor], *, sign_election: bool, normalize: bool,
             unweighted_election: bool = False) -> torch.Tensor:
-    """θ = θ₀ + λΔ with Δ the (optionally sign-elected, optionally normalised) weighted sum."""
+    """θ = θ₀ + λΔ with Δ the (optionally sign-elected, optionally normalised) weighted sum.
+
+    Sums run model by model in index order: bit-identical to summing a stacked tensor over its
+    first dimension (what mergekit does) without materialising the stack.
+    """
     weights = task.per_model("weight")
-    stacked = torch.stack(deltas)
-    w = torch.tensor(weights, dtype=stacked.dtype, device=stacked.device).view(-1, *([1] * deltas[0].dim()))
-    tau = stacked * w
+    tau = [d * w for d, w in zip(deltas, weights)]
     if sign_election:
-        basis = stacked if unweighted_election else tau
-        sign = (basis.sum(dim=0) >= 0).to(stacked.dtype) * 2 - 1
-        agree = basis.sign() == sign  # zeros never agree
-        mixed = (tau * agree).sum(dim=0)
+        basis = deltas if unweighted_election else tau
+        sign = (_ordered_sum(basis) >= 0).to(tau[0].dtype) * 2 - 1
+        mixed, divisor = None, None
+        for b, t, w in zip(basis, tau, weights):
+            agree = b.sign() == sign  # zeros never agree
+            part = t * agree
+            mixed = part if mixed is None else mixed + part
+            if normalize:
+                share = agree.to(t.dtype) if unweighted_election else agree * w
+                divisor = share if divisor is None else divisor + share
         if normalize:
-            divisor = agree.sum(dim=0).to(stacked.dtype) if unweighted_election else (w * agree).sum(dim=0)
             divisor[divisor == 0] = 1
             mixed = mixed / divisor
     else:
-        mixed = tau.sum(dim=0)
+        mixed = _ordered_sum(tau)
         if normalize:
             total = float(sum(weights))
             mixed = mixed / (total if abs(total) >= 1e-8 else 1.0)
@@ -128,6 +142,12 @@ def combine(task: TensorTask, deltas: list[torch.Tensor], *, sign_election: bool
         mixed = mixed * lam
     return task.base + mixed
 
+
+def _ordered_sum(parts: list[torch.Tensor]) -> torch.Tensor:
+    out = parts[0].clone()
+    for p in parts[1:]:
+        out += p
+    return out
 
 def gta_params(normalize: bool, *extra, sign_election: bool = False) -> list:
     """Parameters every task-vector method takes (names and defaults as mergekit 0.1.5)."""

@@ -15,7 +15,7 @@ from functools import lru_cache
 import torch
 
 from merging.method import MergeConfigError, Param, TensorTask, register
-from merging.methods.tsvm import (COMMON_PARAMS, CheckedParam, _at_least, check_inputs, finish, is_spectral,
+from merging.methods.tsvm import (COMMON_PARAMS, CheckedParam, LazyDeltas, _at_least, check_inputs, finish, is_spectral,
                                   rank_too_small, record, svd_options, vector_merge)
 from merging.svd import COMPUTE_DTYPES, spectral_merge
 
@@ -205,7 +205,7 @@ def base_rank(r: int, T: int, cfg: RTSVMConfig) -> int:
 def layer_statistics(deltas: list[torch.Tensor], cfg: RTSVMConfig) -> dict:
     """Everything R-TSVM decides for one 2-D tensor before any SVD (also used by diagnostics)."""
     T = len(deltas)
-    r = min(deltas[0].shape)
+    r = min(deltas.shape if hasattr(deltas, "shape") else deltas[0].shape)
     masses, fracs, sparsities, thresholded = [], [], [], []
     for d in deltas:
         h, mask = outliers(d, cfg)
@@ -237,7 +237,7 @@ def r_tsvm(task: TensorTask) -> torch.Tensor:
     check_inputs(task)
     cfg = config_of(task.params)
     dtype = COMPUTE_DTYPES[cfg.compute_dtype]
-    deltas = [c.to(dtype) - task.base.to(dtype) for c in task.candidates]
+    deltas = LazyDeltas(task, dtype)
     T = len(deltas)
     if is_spectral(task.name, task.base.shape, cfg.exclude_keys):
         r = min(task.base.shape)

@@ -86,8 +86,35 @@ def is_spectral(name: str, shape: torch.Size, exclude_keys: tuple) -> bool:
     return len(shape) == 2 and not any(fnmatch.fnmatchcase(name, p) for p in exclude_keys)
 
 
-def vector_merge(deltas: list[torch.Tensor], how: str) -> torch.Tensor:
-    total = torch.stack(deltas).sum(0)
+class LazyDeltas:
+    """Task vectors w_t·(θ_t − θ_0) in the compute dtype, made one at a time when asked for.
+
+    The spectral path needs each Δ_t only for its own SVD (and its statistics), so holding all T
+    of them would multiply a tensor's peak memory by T for nothing; recomputing is O(mn).
+    """
+
+    def __init__(self, task: TensorTask, dtype: torch.dtype, weights: list[float] | None = None):
+        self.base, self.cands, self.dtype = task.base, task.candidates, dtype
+        self.weights = weights or [1.0] * len(task.candidates)
+        self.shape = task.base.shape
+
+    def __len__(self) -> int:
+        return len(self.cands)
+
+    def __getitem__(self, t: int) -> torch.Tensor:
+        if not -len(self) <= t < len(self):
+            raise IndexError(t)
+        d = self.cands[t].to(self.dtype) - self.base.to(self.dtype)
+        return d if self.weights[t] == 1.0 else d * self.weights[t]
+
+    def __iter__(self):
+        return (self[t] for t in range(len(self)))
+
+
+def vector_merge(deltas, how: str) -> torch.Tensor:
+    total = None
+    for d in deltas:
+        total = d if total is None else total.add_(d)
     return total / len(deltas) if how == "mean" else total
 
 
@@ -119,7 +146,7 @@ def tsvm(task: TensorTask) -> torch.Tensor:
     check_inputs(task)
     p = task.params
     dtype = COMPUTE_DTYPES[p["compute_dtype"]]
-    deltas = [w * (c.to(dtype) - task.base.to(dtype)) for w, c in zip(task.per_model("weight"), task.candidates)]
+    deltas = LazyDeltas(task, dtype, task.per_model("weight"))
     T = len(deltas)
     if is_spectral(task.name, task.base.shape, p["exclude_keys"]):
         r = min(task.base.shape)
