@@ -288,3 +288,18 @@ def test_scores_per_suite_and_mismatched_digest(mlflow_sqlite, tiny_candidates):
     assert reg.get_scores(uri).suite == "full-3h-mt10"  # the latest evaluation
     assert reg.get_scores(uri, FULL_3H.digest).avg == pytest.approx(65.11, abs=0.005)  # an earlier one, by suite
     assert reg.get_scores(uri, "sha256:" + "0" * 64) is None
+
+
+def test_postgres_url_fixture_gives_a_private_database(postgres_url):
+    import psycopg2
+
+    dbname = postgres_url.rsplit("/", 1)[-1]
+    conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname=dbname)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE t (x int)")
+            cur.execute("INSERT INTO t VALUES (1)")
+            cur.execute("SELECT current_database(), count(*) FROM t")
+            assert cur.fetchone() == (dbname, 1)
+    finally:
+        conn.close()
