@@ -15,8 +15,8 @@ from functools import lru_cache
 import torch
 
 from merging.method import MergeConfigError, Param, TensorTask, register
-from merging.methods.tsvm import (COMMON_PARAMS, CheckedParam, LazyDeltas, _at_least, check_inputs, finish, is_spectral,
-                                  rank_too_small, record, svd_options, vector_merge)
+from merging.methods.tsvm import (COMMON_PARAMS, CheckedParam, LazyDeltas, _at_least, check_inputs, finish,
+                                  is_spectral, rank_too_small, record, svd_options, vector_merge)
 from merging.svd import COMPUTE_DTYPES, spectral_merge
 
 ORDERS = ("orthogonalize_budget_then_truncate", "truncate_then_orthogonalize", "orthogonalize_full_then_truncate")
