@@ -11,7 +11,7 @@ import urllib.request
 
 
 class AirflowAPI:
-    def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 10.0):
+    def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 60.0):
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout_s = timeout_s
