@@ -33,4 +33,4 @@ LOCAL_S3_ACCESS_KEY = "h3ops"
 LOCAL_S3_SECRET_KEY = "h3ops-local-secret"
 LOCAL_REGION = "us-east-1"
 DEFAULT_PORTS = {"s3": 9000, "mlflow": 5000, "airflow": 8080}
-PG_DATABASES = {"airflow": "h3ops_airflow", "mlflow": "h3ops_mlflow"}
+PG_DB_PREFIX = "h3ops"               # --db postgres: databases h3ops_airflow and h3ops_mlflow

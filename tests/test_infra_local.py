@@ -126,3 +126,11 @@ def test_running_stack_refuses_other_db(tmp_path, monkeypatch):
             stack.up(lay, dict(names.DEFAULT_PORTS), "postgres", "postgresql://x", 1, 10)
     finally:
         procs.stop(rec, grace_s=5)
+
+
+def test_bad_postgres_prefix_is_refused_before_anything_starts(tmp_path):
+    s3, mlflow, airflow = _free_ports(3)
+    done = _run("up", "--home", str(tmp_path), "--db", "postgres", "--pg-prefix", "x; DROP", "--s3-port", str(s3),
+                "--mlflow-port", str(mlflow), "--airflow-port", str(airflow))
+    assert done.returncode == 1 and "--pg-prefix 'x; DROP'" in done.stderr
+    assert not list((tmp_path / "stack").glob("*.pid.json"))

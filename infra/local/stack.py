@@ -20,6 +20,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -80,6 +81,10 @@ def _bin(name: str) -> str:
     return found
 
 
+def pg_databases(prefix: str = names.PG_DB_PREFIX) -> dict[str, str]:
+    return {"airflow": f"{prefix}_airflow", "mlflow": f"{prefix}_mlflow"}
+
+
 def _pg_database(pg_url: str, db: str) -> str:
     return f"{pg_url.rstrip('/').replace('postgresql://', 'postgresql+psycopg2://', 1)}/{db}"
 
@@ -112,14 +117,15 @@ def _s3_env(ports: dict) -> dict[str, str]:
             "AWS_DEFAULT_REGION": names.LOCAL_REGION}
 
 
-def commands(lay: Layout, ports: dict, db: str, pg_url: str) -> dict[str, tuple[list[str], dict[str, str]]]:
+def commands(lay: Layout, ports: dict, db: str, pg_url: str,
+             pg_prefix: str = names.PG_DB_PREFIX) -> dict[str, tuple[list[str], dict[str, str]]]:
     """Each service's command line and environment."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_"))}
     s3 = [_bin("rclone"), "serve", "s3", str(lay.s3_root), "--addr", f"{HOST}:{ports['s3']}",
           "--auth-key", f"{names.LOCAL_S3_ACCESS_KEY},{names.LOCAL_S3_SECRET_KEY}",
           "--force-path-style=true", "--log-level", "NOTICE"]
 
-    mlflow_db = (_pg_database(pg_url, names.PG_DATABASES["mlflow"]) if db == "postgres"
+    mlflow_db = (_pg_database(pg_url, pg_databases(pg_prefix)["mlflow"]) if db == "postgres"
                  else f"sqlite:///{lay.mlflow / 'mlflow.db'}")
     mlflow = [sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(ports["mlflow"]),
               "--backend-store-uri", mlflow_db, "--serve-artifacts", "--workers", "1",
@@ -129,7 +135,7 @@ def commands(lay: Layout, ports: dict, db: str, pg_url: str) -> dict[str, tuple[
 
     secrets = lay.secrets()
     api = f"http://{HOST}:{ports['airflow']}"
-    airflow_db = (_pg_database(pg_url, names.PG_DATABASES["airflow"]) if db == "postgres"
+    airflow_db = (_pg_database(pg_url, pg_databases(pg_prefix)["airflow"]) if db == "postgres"
                   else f"sqlite:///{lay.airflow / 'airflow.db'}")
     airflow_env = {
         **base, **names.AIRFLOW_BASE_ENV, **_s3_env(ports),
@@ -223,7 +229,8 @@ def _gpu_count() -> int:
 
 # --- commands ------------------------------------------------------------------------------------
 
-def up(lay: Layout, ports: dict, db: str, pg_url: str, gpus: int | None, deadline_s: float) -> int:
+def up(lay: Layout, ports: dict, db: str, pg_url: str, gpus: int | None, deadline_s: float,
+       pg_prefix: str = names.PG_DB_PREFIX) -> int:
     state = lay.read_state()
     running = {n: r for n in SERVICES if (r := procs.read_record(lay.state, n)) and r.alive()}
     if running:
@@ -238,16 +245,19 @@ def up(lay: Layout, ports: dict, db: str, pg_url: str, gpus: int | None, deadlin
             raise StackError(f"port {ports[key]} for {LABELS[name]} is already in use"
                              f"{' by ' + owner if owner else ''}; stop that process or choose another "
                              f"port with --{key}-port")
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,40}", pg_prefix):
+        raise StackError(f"--pg-prefix {pg_prefix!r}: use lowercase letters, digits and _ (a database name prefix)")
     if db == "postgres":
-        for database in names.PG_DATABASES.values():
+        for database in pg_databases(pg_prefix).values():
             if ensure_database(pg_url, database):
                 print(f"created PostgreSQL database {database}")
     for folder in (lay.s3_root / names.ARTIFACT_BUCKET, lay.mlflow, lay.airflow, lay.logs, lay.state):
         folder.mkdir(parents=True, exist_ok=True)
     lay.state_file.write_text(json.dumps({"db": db, "ports": ports, "home": str(lay.home),
-                                          "pg_url": pg_url if db == "postgres" else None}))
+                                          "pg_url": pg_url if db == "postgres" else None,
+                                          "pg_databases": pg_databases(pg_prefix) if db == "postgres" else None}))
 
-    cmds = commands(lay, ports, db, pg_url)
+    cmds = commands(lay, ports, db, pg_url, pg_prefix)
     started = {}
     t0 = time.monotonic()
     left = lambda: max(10.0, deadline_s - (time.monotonic() - t0))  # noqa: E731
@@ -336,6 +346,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                    help="metadata for Airflow and MLflow: SQLite files (default) or PostgreSQL")
     p.add_argument("--pg-url", default=os.environ.get("H3OPS_PG_URL", "postgresql://postgres@127.0.0.1:5432"),
                    help="PostgreSQL server for --db postgres (databases are created when missing)")
+    p.add_argument("--pg-prefix", default=names.PG_DB_PREFIX,
+                   help="--db postgres uses databases <prefix>_airflow and <prefix>_mlflow")
     for key in names.DEFAULT_PORTS:
         p.add_argument(f"--{key}-port", type=int, default=names.DEFAULT_PORTS[key])
     p.add_argument("--gpus", type=int, default=None, help="slots of the gpu pool (default: GPUs found, min 1)")
@@ -353,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             return status(lay)
         ports = {key: getattr(args, f"{key}_port") for key in names.DEFAULT_PORTS}
-        return up(lay, ports, args.db, args.pg_url, args.gpus, args.timeout)
+        return up(lay, ports, args.db, args.pg_url, args.gpus, args.timeout, args.pg_prefix)
     except StackError as exc:
         print(f"h3ops {args.command}: {exc}", file=sys.stderr)
         return 1
