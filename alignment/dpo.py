@@ -211,7 +211,8 @@ def _fit(base: Path, data, work: Path, settings: DPOSettings, callbacks: list) -
     last = _last_checkpoint(work) if work.is_dir() else None
     trainer.train(resume_from_checkpoint=str(last) if last else None)
     history = [h for h in trainer.state.log_history if "loss" in h]
-    metrics = {"steps": trainer.state.global_step,
+    summary = next((h for h in reversed(trainer.state.log_history) if "train_runtime" in h), {})
+    metrics = {"steps": trainer.state.global_step, "train_runtime_s": summary.get("train_runtime"),
                "first": _pick(history[0]) if history else {}, "last": _pick(history[-1]) if history else {}}
     return {"model": trainer.model, "tokenizer": tok, "metrics": metrics, "history": history,
             "resumed_from_step": int(last.name.split("-")[-1]) if last else 0, "lora": settings.lora}
