@@ -50,7 +50,7 @@ with DAG(
     def register_candidate(trained: dict, base: str, *, params=None) -> dict:
         ref = run_in_task("register", params, path=trained["path"], kind="candidate",
                           dimension=trained["dimension"], data_digest=trained["data_digest"],
-                          parents=[base])
+                          parents=[base], base=base)
         return {**ref, "dimension": trained["dimension"]}
 
     @task(pool=GPU_POOL, queue=GPU_QUEUE)
@@ -59,9 +59,9 @@ with DAG(
                            method=params.get("method"), parameters=params.get("parameters"))
 
     @task
-    def register_merged(merged: dict, *, params=None) -> dict:
+    def register_merged(merged: dict, base: str, *, params=None) -> dict:
         return run_in_task("register", params, path=merged["path"], kind="merged",
-                           parents=merged["parents"], method=merged["method"])
+                           parents=merged["parents"], method=merged["method"], base=base)
 
     @task
     def models_to_evaluate(merged: dict, *, params=None) -> list[str]:
@@ -88,6 +88,6 @@ with DAG(
     base = base_model()
     trained = train.partial(base=base).expand(dataset=datasets)
     registered = register_candidate.partial(base=base).expand(trained=trained)
-    merged = register_merged(merge(base, registered))
+    merged = register_merged(merge(base, registered), base)
     evaluated = evaluate.expand(model_uri=models_to_evaluate(merged))
     promote(merged, gate(merged, evaluated))

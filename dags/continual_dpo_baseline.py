@@ -47,7 +47,7 @@ with DAG(
         uris, parent = [], base
         for s in stages:
             ref = run_in_task("register", params, path=s["path"], kind="continual",
-                              dimension=s["dimension"], data_digest=s["data_digest"], parents=[parent],
+                              dimension=s["dimension"], data_digest=s["data_digest"], parents=[parent], base=base,
                               method=f"continual-dpo-stage{s['stage']}")
             uris.append(ref["uri"])
             parent = ref["uri"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 from h3ops.config import dump_config, load_config
@@ -48,11 +49,12 @@ def tiny_config(tmp: Path, *, tracking_uri: str | None = None, base_model: str =
                 dims=DIMS, **overrides) -> Path:
     """A copy of examples/tiny.yaml with every location under `tmp`; returns the YAML path."""
     data = {
-        "project": overrides.pop("project", f"t{abs(hash(str(tmp))) % 10**8}"),
+        "project": overrides.pop("project", f"t-{uuid.uuid4().hex[:10]}"),
         "base_model": base_model,
         "dimensions": [{"name": d, "landing": str(tmp / "landing" / d)} for d in dims],
+        # A tracking server owns its artifact store (proxied); the embedded default uses a folder.
         "registry": {"tracking_uri": tracking_uri or f"sqlite:///{tmp / 'mlflow.db'}",
-                     "artifact_location": str(tmp / "mlartifacts"),
+                     "artifact_location": None if tracking_uri else str(tmp / "mlartifacts"),
                      "serving_manifest": str(tmp / "serving" / "production.json")},
         "workdir": str(tmp / "work"),
         "evaluation": {"suite": "cpu-3h", "limit": 1, "cache_dir": str(tmp / "eval-cache")},
