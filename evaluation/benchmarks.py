@@ -86,7 +86,8 @@ def run_code(ctx, bench: dict, items: list[dict]):
         program = f"{it['prompt']}{out.text}\n\n{it['test']}\n\ncheck({it['entry_point']})\n"
         res = box.run_python(program)
         records.append({"row": it["row"], "task_id": it["task_id"], "completion": out.text,
-                        "status": res.status, "stderr": res.stderr[-500:], "correct": res.passed})
+                        "status": res.status, "stderr": res.stderr[-500:], "correct": res.passed,
+                        "isolation_degraded": res.isolation.get("degraded", True)})
     return 100.0 * sum(r["correct"] for r in records) / len(records), records
 
 

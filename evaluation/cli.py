@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -46,12 +47,14 @@ def cmd_eval(args) -> int:
           f"{'  (cached)' if res.cached else ''}")
     if args.out:
         print(f"result: {Path(args.out) / 'result.json'}")
-    if args.mlflow_tracking_uri:
-        from evaluation.mlflow_log import log_result
+    if args.model_version:
+        # The registry owns MLflow: it logs an evaluation run linked to the version (tags, metrics).
+        from registry.api import Registry
 
-        run_id = log_result(res, tracking_uri=args.mlflow_tracking_uri, experiment=args.mlflow_experiment,
-                            model_version=args.model_version)
-        print(f"mlflow run: {run_id}")
+        reg = Registry(args.mlflow_tracking_uri)
+        run_id = reg.log_evaluation(args.model_version, dict(res.metrics), res.scores, res.scores.suite_digest,
+                                    details_dir=res.details_dir)
+        print(f"mlflow evaluation run {run_id} for {args.model_version}")
     return 0
 
 
@@ -87,9 +90,9 @@ def parser(name: str) -> argparse.ArgumentParser:
         p.add_argument("--out", help="folder for result.json, metrics.json and per-item details")
         p.add_argument("--cache-dir", help="evaluation cache (default $H3OPS_EVAL_CACHE or ~/.cache/h3ops/eval)")
         p.add_argument("--device", default="cpu")
-        p.add_argument("--mlflow-tracking-uri", help="log an evaluation run there")
-        p.add_argument("--mlflow-experiment", default="h3ops-eval")
-        p.add_argument("--model-version", help="models:/NAME/VERSION the run is linked to")
+        p.add_argument("--model-version", help="models:/NAME/VERSION: log an MLflow evaluation run linked to it")
+        p.add_argument("--mlflow-tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                       help="MLflow server for --model-version (default $MLFLOW_TRACKING_URI)")
     elif name == "score":
         p.add_argument("metrics", help="metrics JSON ({benchmark: value}) or a result.json")
         p.add_argument("--suite", help="suite name (default: the result's, else full-3h)")
@@ -110,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name, rest = argv[0], argv[1:]
     args = parser(name).parse_args(rest)
+    if name == "eval" and args.model_version and not args.mlflow_tracking_uri:
+        print("h3ops eval: error: --model-version needs --mlflow-tracking-uri (or MLFLOW_TRACKING_URI)", file=sys.stderr)
+        return 2
     from evaluation.data import DataError
     from evaluation.gate import GateError
     from evaluation.runner import EvalError
