@@ -75,13 +75,15 @@ def write_config(path: Path, method: str, folders: list[Path]) -> Path:
 
 
 def timed(cmd: list[str], env: dict | None = None) -> dict:
-    """Run under /usr/bin/time -v; wall seconds and peak RSS (MB)."""
+    """Run under /usr/bin/time -v; wall seconds and peak RSS (MB). Prints one line per run as it ends."""
     start = time.perf_counter()
     p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if p.returncode != 0:
         raise RuntimeError(f"{cmd[:3]} failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1)) / 1024
+    print(f"run: {Path(cmd[0]).name} {' '.join(Path(c).name for c in cmd[1:4])}: {wall:.2f} s, {rss:.0f} MB, "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
     return {"wall_s": wall, "rss_mb": rss}
 
 

@@ -109,8 +109,9 @@ class _Run:
     def task(self, name: str, raw: list[torch.Tensor]) -> TensorTask:
         specs = self.cfg.all_inputs
         values = []
-        for spec, t in zip(specs, raw):
+        for i, (spec, t) in enumerate(zip(specs, raw)):
             v = t.to(self.device, torch.float32, non_blocking=True)
+            raw[i] = None  # drop the stored-dtype copy now: peak memory is set by the largest tensor
             _finite(v, name, spec.ref)
             values.append(v)
         base = values[0] if self.has_base else None
@@ -125,10 +126,11 @@ class _Run:
                     raise MergeError(f"non-float tensor {name!r} differs between {self.cfg.all_inputs[0].ref} "
                                      f"and {spec.ref}; integer/bool buffers must be identical")
             return raw[0]
+        shape = tuple(raw[0].shape)
         out = self.cfg.method.fn(self.task(name, raw))
-        if tuple(out.shape) != tuple(raw[0].shape):
+        if tuple(out.shape) != shape:
             raise MergeError(f"method {self.cfg.method.name} returned shape {list(out.shape)} for {name!r}, "
-                             f"expected {list(raw[0].shape)}")
+                             f"expected {list(shape)}")
         _finite(out, name, f"the {self.cfg.method.name} result")
         return out.to(out_dtype).cpu()
 

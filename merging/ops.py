@@ -113,11 +113,15 @@ def combine(task: TensorTask, deltas: list[torch.Tensor], *, sign_election: bool
             unweighted_election: bool = False) -> torch.Tensor:
     """θ = θ₀ + λΔ with Δ the (optionally sign-elected, optionally normalised) weighted sum.
 
+    `deltas` must be fresh tensors the caller does not reuse: they are weighted in place.
     Sums run model by model in index order: bit-identical to summing a stacked tensor over its
     first dimension (what mergekit does) without materialising the stack.
     """
     weights = task.per_model("weight")
-    tau = [d * w for d, w in zip(deltas, weights)]
+    if unweighted_election:
+        tau = [d * w for d, w in zip(deltas, weights)]
+    else:  # the sparsified deltas are this call's own temporaries: weight them in place
+        tau = [d.mul_(w) if w != 1 else d for d, w in zip(deltas, weights)]
     if sign_election:
         basis = deltas if unweighted_election else tau
         sign = (_ordered_sum(basis) >= 0).to(tau[0].dtype) * 2 - 1
@@ -188,3 +192,10 @@ def check_unit_interval(method: str, name: str = "density"):
             if v is not None and not 0 < v <= 1:
                 raise MergeConfigError(f"merge_method {method}, models[{i}]: {name} must be in (0, 1], got {v}")
     return validate
+
+
+def each(deltas: list[torch.Tensor], fn) -> list[torch.Tensor]:
+    """Replace deltas[i] by fn(i, deltas[i]) one at a time, so the unsparsified one is freed early."""
+    for i in range(len(deltas)):
+        deltas[i] = fn(i, deltas[i])
+    return deltas

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from merging.method import MergeConfigError, Param, TensorTask, register
-from merging.ops import combine, crumbs, density_param, gta_params
+from merging.ops import combine, crumbs, density_param, each, gta_params
 
 _PARAMS = [density_param(), Param("gamma", float, 0.01, per_model=True, help="fraction of largest |δ| dropped")]
 
@@ -19,7 +19,8 @@ def _validate(method: str):
 
 
 def _crumbed(task: TensorTask) -> list[torch.Tensor]:
-    return [crumbs(d, mp["density"], mp["gamma"]) for d, mp in zip(task.deltas(), task.model_params)]
+    mps = task.model_params
+    return each(task.deltas(), lambda i, d: crumbs(d, mps[i]["density"], mps[i]["gamma"]))
 
 
 @register("breadcrumbs", params=gta_params(False, *_PARAMS), validate=_validate("breadcrumbs"))

@@ -4,14 +4,15 @@ from __future__ import annotations
 import torch
 
 from merging.method import TensorTask, register
-from merging.ops import check_unit_interval, combine, density_param, drop, gta_params, rescale_param
+from merging.ops import check_unit_interval, combine, density_param, drop, each, gta_params, rescale_param
 
 _PARAMS = [density_param(), rescale_param()]
 
 
 def _dropped(task: TensorTask) -> list[torch.Tensor]:
     rescale = task.params["rescale"]
-    return [drop(task, i, d, dens, rescale) for i, (d, dens) in enumerate(zip(task.deltas(), task.per_model("density")))]
+    dens = task.per_model("density")
+    return each(task.deltas(), lambda i, d: drop(task, i, d, dens[i], rescale))
 
 
 @register("dare_linear", params=gta_params(False, *_PARAMS), validate=check_unit_interval("dare_linear"))

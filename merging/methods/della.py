@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from merging.method import MergeConfigError, Param, TensorTask, register
-from merging.ops import combine, density_param, gta_params, magprune, rescale_param
+from merging.ops import combine, density_param, each, gta_params, magprune, rescale_param
 
 _PARAMS = [density_param(), Param("epsilon", float, 0.15, per_model=True, help="keep probability spread ±ε"),
            rescale_param()]
@@ -22,8 +22,8 @@ def _validate(method: str):
 
 def _pruned(task: TensorTask) -> list[torch.Tensor]:
     rescale = task.params["rescale"]
-    return [magprune(task, i, d, mp["density"], mp["epsilon"], rescale)
-            for i, (d, mp) in enumerate(zip(task.deltas(), task.model_params))]
+    mps = task.model_params
+    return each(task.deltas(), lambda i, d: magprune(task, i, d, mps[i]["density"], mps[i]["epsilon"], rescale))
 
 
 @register("della_linear", params=gta_params(False, *_PARAMS), validate=_validate("della_linear"))

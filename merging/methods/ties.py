@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from merging.method import Param, TensorTask, register
-from merging.ops import check_unit_interval, combine, density_param, gta_params, magnitude
+from merging.ops import check_unit_interval, combine, density_param, each, gta_params, magnitude
 
 _BINS = 1 << 16
 
@@ -87,11 +87,9 @@ def _trim_model_scope(task: TensorTask, i: int, delta: torch.Tensor) -> torch.Te
           help="tensor: one threshold per tensor (mergekit); model: per candidate over the model (paper)")],
     prepass=model_thresholds, validate=check_unit_interval("ties"))
 def ties(task: TensorTask) -> torch.Tensor:
-    trimmed = []
-    for i, (d, dens) in enumerate(zip(task.deltas(), task.per_model("density"))):
-        if dens < 1 and task.params["topk_scope"] == "model":
-            trimmed.append(_trim_model_scope(task, i, d))
-        else:
-            trimmed.append(magnitude(d, dens))
+    dens = task.per_model("density")
+    model_scope = task.params["topk_scope"] == "model"
+    trimmed = each(task.deltas(), lambda i, d: _trim_model_scope(task, i, d) if model_scope and dens[i] < 1
+                   else magnitude(d, dens[i]))
     return combine(task, trimmed, sign_election=True, normalize=task.params["normalize"],
                    unweighted_election=task.params["sign_election"] == "unweighted")
