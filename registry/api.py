@@ -74,7 +74,10 @@ def _first_line(e: BaseException) -> str:
 
 
 def _is(e: Exception, code: str) -> bool:
-    return getattr(e, "error_code", None) == code or code in str(e)
+    if getattr(e, "error_code", None) == code or code in str(e):
+        return True
+    # A create racing another create can surface as the database's own unique-key error.
+    return code == "RESOURCE_ALREADY_EXISTS" and any(m in str(e) for m in ("duplicate key", "UNIQUE constraint"))
 
 
 class Registry:

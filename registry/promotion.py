@@ -13,6 +13,7 @@ import getpass
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -81,21 +82,35 @@ def _claim(reg, project: str, epoch: int, move: dict[str, str]) -> dict[str, str
     return {k[len(TAG):]: v for k, v in tags.items() if k.startswith(TAG)}
 
 
+def _upsert(fn, *args, attempts: int = 6) -> None:
+    """MLflow sets a tag or alias by select-then-insert; two writers of the same value can collide
+    on the primary key. The value is the same either way, so retry until one write lands."""
+    for i in range(attempts):
+        try:
+            fn(*args)
+            return
+        except Exception as e:
+            text = str(e)
+            if i == attempts - 1 or not any(m in text for m in ("duplicate key", "UNIQUE constraint", "IntegrityError")):
+                raise
+            time.sleep(0.05 * (i + 1))
+
+
 def _apply(reg, project: str, epoch: int, move: dict[str, str]) -> None:
     """Idempotent: setting the same aliases and tags twice is harmless (roll-forward relies on it)."""
     name = model_name(project, "merged")
     if move.get("previous"):
-        reg.client.set_registered_model_alias(name, PREVIOUS, move["previous"])
+        _upsert(reg.client.set_registered_model_alias, name, PREVIOUS, move["previous"])
     else:
         try:
             reg.client.delete_registered_model_alias(name, PREVIOUS)
         except Exception:
             pass
     # The single call that switches what serving sees.
-    reg.client.set_registered_model_alias(name, PRODUCTION, move["production"])
+    _upsert(reg.client.set_registered_model_alias, name, PRODUCTION, move["production"])
     for k in ("action", "by", "reason", "at", "decision_run"):
-        reg.client.set_model_version_tag(name, move["production"], f"{TAG}promoted_{k}", move.get(k, ""))
-    reg.client.set_registered_model_tag(name, EPOCH, str(epoch))
+        _upsert(reg.client.set_model_version_tag, name, move["production"], f"{TAG}promoted_{k}", move.get(k, ""))
+    _upsert(reg.client.set_registered_model_tag, name, EPOCH, str(epoch))
 
 
 def _move(reg, project: str, target: VersionRef, expected: str | None, action: str, by: str | None,

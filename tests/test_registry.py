@@ -218,7 +218,7 @@ def test_concurrent_promotions_exactly_one_wins(mlflow_server, tiny_candidates, 
     go.touch()
     outs = [p.communicate(timeout=300) for p in procs]
     codes = sorted(p.returncode for p in procs)
-    assert codes == [0, 3], outs
+    assert codes == [0, 3], "\n".join(f"--- rc {p.returncode}\n{o[0][-3000:]}\n{o[1][-6000:]}" for p, o in zip(procs, outs))
     winner = (a, b)[[p.returncode for p in procs].index(0)]
     loser_out = outs[[p.returncode for p in procs].index(3)][0]
     assert "CONFLICT" in loser_out and ("concurrent promote" in loser_out or "moved since" in loser_out)
