@@ -25,6 +25,9 @@ from registry.promotion import PromotionConflict
 from tests.fixtures.servers import unique, wait_until
 from tests.test_scoring_gate import row
 
+# Integration tests on real servers: the first to start a server pays ~10-50 s (more under load).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 LINEAGE = ["h3ops.kind", "h3ops.dimension", "h3ops.base_digest", "h3ops.data_digest", "h3ops.config_digest",
            "h3ops.parents", "h3ops.method"]
