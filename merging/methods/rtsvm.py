@@ -131,21 +131,26 @@ def config_of(params: dict) -> RTSVMConfig:
 def outliers(delta: torch.Tensor, cfg: RTSVMConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(H_{nσ}(Δ), outlier mask). μ, σ per row / column / whole matrix; a σ = 0 group has none."""
     dims = {"row": (1,), "col": (0,), "layer": (0, 1)}[cfg.stat_axis]
-    mu = delta.mean(dims, keepdim=True)
     count = math.prod(delta.shape[d] for d in dims)
-    # Population or sample std in float64 (a reduction over up to ~10⁵ entries).
-    var = (delta.double() - mu.double()).square().sum(dims, keepdim=True) / max(count - cfg.std_ddof, 1)
-    sd = var.sqrt().to(delta.dtype)
-    dev = (delta - mu).abs() if cfg.center else delta.abs()
+    if count - cfg.std_ddof <= 0:  # a single entry has no spread (and no sample std)
+        var, mu = torch.zeros_like(delta), delta
+    else:  # torch's var_mean reduces pairwise: float32 is accurate to ~1e-6 relative here
+        var, mu = torch.var_mean(delta, dim=dims, correction=cfg.std_ddof, keepdim=True)
+    sd = var.sqrt()
+    dev = (delta - mu).abs_() if cfg.center else delta.abs()
     mask = (dev > cfg.n_sigma * sd) & (sd > 0)
+    del dev
     value = delta - mu if cfg.outlier_value == "centered" else delta
-    return torch.where(mask, value, torch.zeros_like(value)), mask
+    return torch.where(mask, value, torch.zeros((), dtype=value.dtype, device=value.device)), mask
 
 
 def outlier_mass(h: torch.Tensor, p: float) -> float:
-    """||H||_p over all entries (p = 1: Σ|H_ij|), in float64."""
-    a = h.double().abs()
-    return float(a.sum()) if p == 1 else float(a.pow(p).sum() ** (1.0 / p))
+    """||H||_p over all entries (p = 1: Σ|H_ij|)."""
+    return float(torch.linalg.vector_norm(h, ord=p))
+
+
+def _share(mask: torch.Tensor) -> float:
+    return int(mask.count_nonzero()) / max(mask.numel(), 1)
 
 
 # ---- Eqs. (8), (12): weights across models -------------------------------------------------------
@@ -171,12 +176,12 @@ def outlier_weights(masses: list[float], direction: str) -> list[float]:
 # ---- Eqs. (9)-(10): sparsity and rank ------------------------------------------------------------
 
 def sparsity(delta: torch.Tensor, mask: torch.Tensor, cfg: RTSVMConfig) -> float:
-    a = delta.abs()
     if cfg.sparsity_mode == "zero":
-        return float((a <= cfg.sparsity_eps).double().mean())
+        return _share(delta.abs() <= cfg.sparsity_eps)
     if cfg.sparsity_mode == "relative":
-        return float((a <= cfg.sparsity_eps * a.max()).double().mean())
-    return 1.0 - float(mask.double().mean())  # non_outlier
+        a = delta.abs()
+        return _share(a <= cfg.sparsity_eps * a.max())
+    return 1.0 - _share(mask)  # non_outlier
 
 
 def consensus(values: list[float], how: str) -> float:
@@ -210,7 +215,7 @@ def layer_statistics(deltas: list[torch.Tensor], cfg: RTSVMConfig) -> dict:
     for d in deltas:
         h, mask = outliers(d, cfg)
         masses.append(outlier_mass(h, cfg.norm_p))
-        fracs.append(float(mask.double().mean()))
+        fracs.append(_share(mask))
         sparsities.append(sparsity(d, mask, cfg))
         thresholded.append(h if cfg.svd_input == "thresholded" else None)
         del h, mask
