@@ -5,6 +5,7 @@ Exit codes: 0 done, 1 gate failed (nothing moved), 2 bad input or a refused oper
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -127,37 +128,44 @@ def main(argv: list[str]) -> int:
     from evaluation.scoring import ScoringError
     from registry.api import RegistryError
 
+    # MLflow prints "View run …" links on stdout; keep stdout for our own (machine-readable) output.
+    out = sys.stdout
     try:
-        reg = _registry(a)
-        if cmd == "register":
-            ref = reg.register_checkpoint(a.folder, project=a.project, kind=a.kind, dimension=a.dimension,
-                                          data_digest=a.data_digest, config_digest=a.config_digest,
-                                          base_digest=a.base_digest, parents=a.parent, method=a.method,
-                                          description=a.description)
-            print(json.dumps({"uri": ref.uri, "name": ref.name, "version": ref.version,
-                              "idempotency_key": ref.idempotency_key}))
-        elif cmd in ("versions", "compare"):
-            rows = _rows(reg, a.project, a.kind, getattr(a, "version", None) or None)
-            print(json.dumps(rows, indent=2) if a.json else _table(rows))
-            if cmd == "compare" and not a.json:
-                print(f"\nMLflow UI: {reg.compare_url(a.project, [r['version'] for r in rows], a.kind)}")
-        elif cmd == "promote":
-            if a.decision:
-                with open(a.decision) as f:
-                    decision = json.load(f)
-            else:
-                decision = _gate(reg, a)
-                print(decision.summary())
-            res = reg.promote(a.project, a.candidate, decision, by=a.by, reason=a.reason, manifest_path=a.manifest)
-            print(res.message)
-            return 0 if res.promoted else 1
-        elif cmd == "rollback":
-            res = reg.rollback(a.project, by=a.by, reason=a.reason, manifest_path=a.manifest)
-            print(res.message)
-        else:
-            print(f"h3ops: registry has no command {cmd!r}", file=sys.stderr)
-            return 2
+        with contextlib.redirect_stdout(sys.stderr):
+            return _run(cmd, a, out)
     except (RegistryError, CheckpointError, ScoringError, GateError) as e:
         print(f"h3ops {cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(cmd: str, a, out) -> int:
+    reg = _registry(a)
+    if cmd == "register":
+        ref = reg.register_checkpoint(a.folder, project=a.project, kind=a.kind, dimension=a.dimension,
+                                      data_digest=a.data_digest, config_digest=a.config_digest,
+                                      base_digest=a.base_digest, parents=a.parent, method=a.method,
+                                      description=a.description)
+        print(json.dumps({"uri": ref.uri, "name": ref.name, "version": ref.version,
+                          "idempotency_key": ref.idempotency_key}), file=out)
+    elif cmd in ("versions", "compare"):
+        rows = _rows(reg, a.project, a.kind, getattr(a, "version", None) or None)
+        print(json.dumps(rows, indent=2) if a.json else _table(rows), file=out)
+        if cmd == "compare" and not a.json:
+            print(f"\nMLflow UI: {reg.compare_url(a.project, [r['version'] for r in rows], a.kind)}", file=out)
+    elif cmd == "promote":
+        if a.decision:
+            with open(a.decision) as f:
+                decision = json.load(f)
+        else:
+            decision = _gate(reg, a)
+            print(decision.summary(), file=out)
+        res = reg.promote(a.project, a.candidate, decision, by=a.by, reason=a.reason, manifest_path=a.manifest)
+        print(res.message, file=out)
+        return 0 if res.promoted else 1
+    elif cmd == "rollback":
+        res = reg.rollback(a.project, by=a.by, reason=a.reason, manifest_path=a.manifest)
+        print(res.message, file=out)
+    else:
+        print(f"h3ops: registry has no command {cmd!r}", file=sys.stderr)
         return 2
     return 0

@@ -94,6 +94,20 @@ def test_bad_input_is_refused_before_upload(mlflow_sqlite, tiny_candidates, tmp_
         reg.resolve("runs:/abc/model")
     assert cli(["register", str(corrupt), "--project", project, "--kind", "candidate",
                 "--tracking-uri", mlflow_sqlite.url]) == 2
+    assert reg.versions(project, "candidate") == []
+
+
+def test_cli_register_and_versions_table(mlflow_sqlite, tiny_candidates, capsys):
+    project = unique("cli")
+    args = ["--project", project, "--tracking-uri", mlflow_sqlite.url]
+    assert cli(["register", str(tiny_candidates[2]), *args, "--kind", "candidate", "--data-digest", "sha256:d",
+                "--method", "dpo"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["uri"] == f"models:/{project}-candidates/{out['version']}" and out["idempotency_key"].startswith("sha256:")
+    assert cli(["versions", *args, "--kind", "candidate"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:4] == ["version", "kind", "dimension", "method"]
+    assert table[1].split()[:4] == [out["version"], "candidate", "harmlessness", "dpo"]
 
 
 def test_crash_between_upload_and_registration_leaves_nothing_visible(mlflow_sqlite, tiny_candidates):
