@@ -1,8 +1,9 @@
 """Airflow's CeleryExecutor for real: Redis broker, PostgreSQL metadata, a worker on queue `gpu`.
 
 A one-task DAG runs on the `gpu` queue. Its first try waits (it marks that it started); the test
-kills the whole Celery worker process group with SIGKILL, starts a new worker, and the scheduler's
-heartbeat-timeout handling retries the task on it; the second try writes the result file.
+kills the whole Celery worker process group with SIGKILL (task included), starts a new worker, and
+the scheduler's heartbeat-timeout handling (15 s here instead of 300 s) retries the task on it; the
+second try writes the result file.
 Every wait is a condition polled against a generous deadline, never a fixed sleep.
 """
 from __future__ import annotations
@@ -164,7 +165,12 @@ def test_celery_gpu_queue_survives_a_killed_worker(tmp_path):
                        [*core, first_worker], every_s=0.5)
         task_pid = json.loads((out / "started").read_text())["pid"]
         assert first_worker.pid in [p.pid for p in psutil.Process(task_pid).parents()]
-        procs.stop(first_worker, grace_s=0.1)  # SIGTERM then SIGKILL, no clean shutdown
+        # SIGKILL, like a lost host: no warm shutdown, the task cannot report anything.
+        doomed = procs.group_members(first_worker)
+        for proc in doomed:
+            proc.kill()
+        assert not psutil.wait_procs(doomed, timeout=60)[1]
+        procs.stop(first_worker)  # reaps the leader
         assert not psutil.pid_exists(task_pid) or psutil.Process(task_pid).status() == psutil.STATUS_ZOMBIE
         second_worker = worker("worker-2")
 
