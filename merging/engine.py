@@ -69,11 +69,15 @@ def _plan(cfg: MergeConfig, readers: list[CheckpointReader]) -> list[tuple[str, 
     return plan
 
 
-def _finite(t: torch.Tensor, name: str, where: str) -> None:
-    # A sum is finite only if every term is: one cheap pass; the exact count only on failure.
+def _all_finite(t: torch.Tensor) -> bool:
+    # A sum is finite only if every term is (one cheap pass); an overflowing sum falls back to isfinite.
     if bool(torch.isfinite(t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32))):
-        return
-    if not bool(torch.isfinite(t).all()):
+        return True
+    return bool(torch.isfinite(t).all())
+
+
+def _finite(t: torch.Tensor, name: str, where: str) -> None:
+    if not _all_finite(t):
         bad = int((~torch.isfinite(t)).sum())
         raise MergeError(f"tensor {name!r} in {where}: {bad} non-finite value(s) (NaN/Inf)")
 
@@ -112,7 +116,6 @@ class _Run:
         for i, (spec, t) in enumerate(zip(specs, raw)):
             v = t.to(self.device, torch.float32, non_blocking=True)
             raw[i] = None  # drop the stored-dtype copy now: peak memory is set by the largest tensor
-            _finite(v, name, spec.ref)
             values.append(v)
         base = values[0] if self.has_base else None
         cands = values[1:] if self.has_base else values
@@ -127,11 +130,19 @@ class _Run:
                                      f"and {spec.ref}; integer/bool buffers must be identical")
             return raw[0]
         shape = tuple(raw[0].shape)
-        out = self.cfg.method.fn(self.task(name, raw))
+        task = self.task(name, raw)
+        out = self.cfg.method.fn(task)
         if tuple(out.shape) != shape:
             raise MergeError(f"method {self.cfg.method.name} returned shape {list(out.shape)} for {name!r}, "
                              f"expected {list(shape)}")
-        _finite(out, name, f"the {self.cfg.method.name} result")
+        # Inputs are checked through the output: the methods mask by multiplying, never by selecting,
+        # so a NaN/Inf anywhere in an input reaches the result (0·NaN = NaN). Only then do we look
+        # for the culprit, which saves one full pass over every input.
+        if not _all_finite(out):
+            inputs = ([task.base] if task.base is not None else []) + list(task.candidates)
+            for spec, v in zip(self.cfg.all_inputs, inputs):
+                _finite(v, name, spec.ref)
+            _finite(out, name, f"the {self.cfg.method.name} result")
         return out.to(out_dtype).cpu()
 
 

@@ -124,7 +124,7 @@ def combine(task: TensorTask, deltas: list[torch.Tensor], *, sign_election: bool
         tau = [d.mul_(w) if w != 1 else d for d, w in zip(deltas, weights)]
     if sign_election:
         basis = deltas if unweighted_election else tau
-        sign = (_ordered_sum(basis) >= 0).to(tau[0].dtype) * 2 - 1
+        sign = (_ordered_sum(basis, inplace=False) >= 0).to(tau[0].dtype) * 2 - 1
         mixed, divisor = None, None
         for b, t, w in zip(basis, tau, weights):
             agree = b.sign() == sign  # zeros never agree
@@ -147,8 +147,8 @@ def combine(task: TensorTask, deltas: list[torch.Tensor], *, sign_election: bool
     return task.base + mixed
 
 
-def _ordered_sum(parts: list[torch.Tensor]) -> torch.Tensor:
-    out = parts[0].clone()
+def _ordered_sum(parts: list[torch.Tensor], inplace: bool = True) -> torch.Tensor:
+    out = parts[0] if inplace else parts[0].clone()  # in place: parts[0] is a temporary of combine's
     for p in parts[1:]:
         out += p
     return out
