@@ -167,7 +167,7 @@ def train(base: str | Path, dataset: str | Path, out_dir: str | Path, *, setting
     return out_dir
 
 
-def trl_config(work: Path, settings: DPOSettings, n_rows: int):
+def trl_config(work: Path, settings: DPOSettings):
     import torch
     from trl import DPOConfig
 
@@ -202,12 +202,12 @@ def _fit(base: Path, data, work: Path, settings: DPOSettings, callbacks: list) -
                                  task_type="CAUSAL_LM")
     else:
         ref, _ = _load_base(base, torch.float32)
-    trainer = DPOTrainer(model=model, ref_model=ref, args=trl_config(work, settings, len(data.train)),
+    trainer = DPOTrainer(model=model, ref_model=ref, args=trl_config(work, settings),
                          train_dataset=_to_trl(data.train), processing_class=tok, peft_config=peft_config,
                          callbacks=callbacks)
     # Progress goes to stderr: stdout belongs to the CLI's JSON result.
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(_StderrLog())
+    trainer.add_callback(_stderr_logger())
     last = _last_checkpoint(work) if work.is_dir() else None
     trainer.train(resume_from_checkpoint=str(last) if last else None)
     history = [h for h in trainer.state.log_history if "loss" in h]
@@ -218,7 +218,8 @@ def _fit(base: Path, data, work: Path, settings: DPOSettings, callbacks: list) -
             "resumed_from_step": int(last.name.split("-")[-1]) if last else 0, "lora": settings.lora}
 
 
-def _stderr_log_class():
+def _stderr_logger():
+    """A callback printing each log line to stderr (defined here so the module imports no torch)."""
     from transformers import TrainerCallback
 
     class StderrLog(TrainerCallback):
@@ -227,11 +228,7 @@ def _stderr_log_class():
                 print(f"[dpo step {state.global_step}/{state.max_steps}] "
                       + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items()),
                       file=sys.stderr, flush=True)
-    return StderrLog
-
-
-def _StderrLog():  # noqa: N802 - built lazily so importing this module does not import transformers
-    return _stderr_log_class()()
+    return StderrLog()
 
 
 def _pick(h: dict) -> dict[str, float]:

@@ -215,3 +215,22 @@ def test_continual_two_stages_chain_their_lineage(tiny_base, datasets, tmp_path)
     again = run_continual(tiny_base, [("honesty", datasets["honesty"]), ("helpfulness", datasets["helpfulness"])],
                           tmp_path / "cont", settings=DPOSettings.preset("test", max_steps=2))
     assert again == outs and Manifest.read(outs[1]).created_at == m2.created_at
+    from alignment.cli import main  # the CLI twin finds the same finished stages
+
+    assert main(["train", "continual", "--base", str(tiny_base), "--stages",
+                 f"honesty={datasets['honesty']},helpfulness={datasets['helpfulness']}", "--out",
+                 str(tmp_path / "cont"), "--preset", "test", "--set", "max_steps=2"]) == 0
+    assert Manifest.read(outs[1]).created_at == m2.created_at
+
+
+def test_train_cli_reruns_to_the_same_output_and_reports_bad_input(full_run, tiny_base, datasets, capsys):
+    from h3ops.cli import main
+
+    before = (full_run / "model.safetensors").stat().st_mtime_ns
+    argv = ["train", "dpo", "--base", str(tiny_base), "--data", datasets["honesty"], "--dimension", "honesty",
+            "--out", str(full_run), "--preset", "test", "--set", f"max_steps={STEPS}"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint"] == str(full_run)
+    assert (full_run / "model.safetensors").stat().st_mtime_ns == before
+    assert main(argv[:-2] + ["--set", "betta=1"]) == 1
+    assert "--set 'betta=1'" in capsys.readouterr().err
