@@ -13,7 +13,6 @@ import os
 import random
 import sys
 import textwrap
-import time
 import uuid
 from pathlib import Path
 
