@@ -290,6 +290,22 @@ class Registry:
         found = self.client.search_model_versions(f"name = '{name}'")
         return [self._ref(v) for v in sorted(found, key=lambda v: int(v.version)) if v.status == "READY"]
 
+    def continual_sequence(self, project: str) -> list[VersionRef]:
+        """The latest continual-DPO sequence, stage 1 first: the newest continual version and its
+        chain of registered continual parents (matched by content digest)."""
+        refs = self.versions(project, "continual")
+        if not refs:
+            return []
+        by_digest = {r.tags.get(f"{TAG}content_digest"): r for r in refs}
+        chain = [refs[-1]]
+        while True:
+            parents = json.loads(chain[-1].tags.get(f"{TAG}parents") or "[]")
+            nxt = next((by_digest[p["digest"]] for p in parents
+                        if p.get("digest") in by_digest and by_digest[p["digest"]] not in chain), None)
+            if nxt is None:
+                return chain[::-1]
+            chain.append(nxt)
+
     def production(self, project: str) -> VersionRef | None:
         return self._alias(project, PRODUCTION)
 

@@ -104,11 +104,7 @@ def _gate(reg, a):
         if ps is None:
             raise RegistryError(f"production {prod.uri} has no scores under suite {cs.suite!r}: evaluate it first "
                                 "(its scores are never assumed)")
-    base = cand.tags.get(f"{TAG}base_digest")
-    cont_refs = [r for r in reg.versions(a.project, "continual") if r.tags.get(f"{TAG}base_digest") == base]
-    seqs = [r.tags.get(f"{TAG}sequence") for r in cont_refs if r.tags.get(f"{TAG}sequence")]
-    if seqs:
-        cont_refs = [r for r in cont_refs if r.tags.get(f"{TAG}sequence") == seqs[-1]]
+    cont_refs = reg.continual_sequence(a.project)
     cont = []
     for r in cont_refs:
         s = reg.get_scores(r, cs.suite_digest)

@@ -151,11 +151,18 @@ def test_gate_promote_fail_missing_rollback_and_manifests(mlflow_server, tiny_ca
     reg = Registry(mlflow_server.url)
     project = unique("promo")
     base = ["--project", project, "--tracking-uri", mlflow_server.url]
+    from h3ops.testing import make_candidate
+
     ck = tiny_candidates[0]
-    for i in (1, 2, 3):
-        ref = reg.register_checkpoint(ck, project=project, kind="continual", config_digest=f"sha256:stage{i}")
+    # A real continual sequence: each stage trained from the previous one (its parent in h3ops.json).
+    stages = [ck]
+    for i in (2, 3):
+        stages.append(make_candidate(stages[-1], tmp_path / f"stage{i}", seed=10 + i, dimension="helpfulness"))
+    for i, folder in enumerate(stages, 1):
+        ref = reg.register_checkpoint(folder, project=project, kind="continual", config_digest=f"sha256:stage{i}")
         m = row("5", f"Continual DPO Training Stage{i}")
         reg.log_evaluation(ref.uri, m, aggregate(m), aggregate(m).suite_digest)
+    assert [r.version for r in reg.continual_sequence(project)] == ["1", "2", "3"]
     tsvm = _register_merged(reg, ck, project, "tsvm", row("5", "TSVM"))
     better_metrics = {**row("5", "TSVM"), "or_bench": row("5", "TSVM")["or_bench"] + 2.0}
     better = _register_merged(reg, ck, project, "better", better_metrics)
@@ -166,6 +173,7 @@ def test_gate_promote_fail_missing_rollback_and_manifests(mlflow_server, tiny_ca
     s3_manifest = f"s3://{mlflow_server.s3.bucket}/serving/{project}.json"
     assert reg.production(project) is None
     assert cli(["promote", *base, "--candidate", tsvm]) == 0
+    assert "best continual 64.85 (stage 2 of 3)" in capsys.readouterr().out
     assert reg.production(project).uri == tsvm and reg.previous_production(project) is None
     # DELLA-Ties: 64.98 < production's 65.11 → gate fails, nothing moves, the decision is logged.
     assert cli(["promote", *base, "--candidate", della]) == 1
