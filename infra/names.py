@@ -25,7 +25,6 @@ S3_ENV = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"
 AIRFLOW_BASE_ENV = {
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     "AIRFLOW__CORE__PARALLELISM": "4",
-    "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
 }
 
 # Local-stack defaults (loopback only; the keys protect nothing but typos).

@@ -134,3 +134,11 @@ def test_bad_postgres_prefix_is_refused_before_anything_starts(tmp_path):
                 "--mlflow-port", str(mlflow), "--airflow-port", str(airflow))
     assert done.returncode == 1 and "--pg-prefix 'x; DROP'" in done.stderr
     assert not list((tmp_path / "stack").glob("*.pid.json"))
+
+
+def test_missing_dags_folder_is_refused(tmp_path):
+    s3, mlflow, airflow = _free_ports(3)
+    done = _run("up", "--home", str(tmp_path / "h"), "--dags-folder", str(tmp_path / "nope"), "--s3-port", str(s3),
+                "--mlflow-port", str(mlflow), "--airflow-port", str(airflow))
+    assert done.returncode == 1 and "is not a folder" in done.stderr and "nope" in done.stderr
+    assert not (tmp_path / "h" / "stack").exists()

@@ -35,7 +35,10 @@ def _http(method, url, data=None):
 def test_up_twice_down_and_resume(tmp_path):
     home = tmp_path / "h3ops"
     ports = dict(zip(("s3", "mlflow", "airflow"), [procs.free_port() for _ in range(3)]))
+    # An empty DAG folder: the project's DAGs must not start real work inside this test.
+    (tmp_path / "dags").mkdir()
     port_args = [a for key, port in ports.items() for a in (f"--{key}-port", str(port))]
+    port_args += ["--dags-folder", str(tmp_path / "dags")]
     lay = stack.Layout(home)
     members, exp = [], ""
     try:

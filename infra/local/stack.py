@@ -117,8 +117,8 @@ def _s3_env(ports: dict) -> dict[str, str]:
             "AWS_DEFAULT_REGION": names.LOCAL_REGION}
 
 
-def commands(lay: Layout, ports: dict, db: str, pg_url: str,
-             pg_prefix: str = names.PG_DB_PREFIX) -> dict[str, tuple[list[str], dict[str, str]]]:
+def commands(lay: Layout, ports: dict, db: str, pg_url: str, pg_prefix: str = names.PG_DB_PREFIX,
+             dags_folder: Path = REPO / "dags") -> dict[str, tuple[list[str], dict[str, str]]]:
     """Each service's command line and environment."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_"))}
     s3 = [_bin("rclone"), "serve", "s3", str(lay.s3_root), "--addr", f"{HOST}:{ports['s3']}",
@@ -140,7 +140,7 @@ def commands(lay: Layout, ports: dict, db: str, pg_url: str,
     airflow_env = {
         **base, **names.AIRFLOW_BASE_ENV, **_s3_env(ports),
         "AIRFLOW_HOME": str(lay.airflow),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
         "AIRFLOW__CORE__FERNET_KEY": secrets["fernet_key"],
@@ -230,7 +230,7 @@ def _gpu_count() -> int:
 # --- commands ------------------------------------------------------------------------------------
 
 def up(lay: Layout, ports: dict, db: str, pg_url: str, gpus: int | None, deadline_s: float,
-       pg_prefix: str = names.PG_DB_PREFIX) -> int:
+       pg_prefix: str = names.PG_DB_PREFIX, dags_folder: Path = REPO / "dags") -> int:
     state = lay.read_state()
     running = {n: r for n in SERVICES if (r := procs.read_record(lay.state, n)) and r.alive()}
     if running:
@@ -245,6 +245,8 @@ def up(lay: Layout, ports: dict, db: str, pg_url: str, gpus: int | None, deadlin
             raise StackError(f"port {ports[key]} for {LABELS[name]} is already in use"
                              f"{' by ' + owner if owner else ''}; stop that process or choose another "
                              f"port with --{key}-port")
+    if not dags_folder.is_dir():
+        raise StackError(f"--dags-folder {dags_folder} is not a folder")
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,40}", pg_prefix):
         raise StackError(f"--pg-prefix {pg_prefix!r}: use lowercase letters, digits and _ (a database name prefix)")
     if db == "postgres":
@@ -257,7 +259,7 @@ def up(lay: Layout, ports: dict, db: str, pg_url: str, gpus: int | None, deadlin
                                           "pg_url": pg_url if db == "postgres" else None,
                                           "pg_databases": pg_databases(pg_prefix) if db == "postgres" else None}))
 
-    cmds = commands(lay, ports, db, pg_url, pg_prefix)
+    cmds = commands(lay, ports, db, pg_url, pg_prefix, dags_folder.resolve())
     started = {}
     t0 = time.monotonic()
     left = lambda: max(10.0, deadline_s - (time.monotonic() - t0))  # noqa: E731
@@ -350,6 +352,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                    help="--db postgres uses databases <prefix>_airflow and <prefix>_mlflow")
     for key in names.DEFAULT_PORTS:
         p.add_argument(f"--{key}-port", type=int, default=names.DEFAULT_PORTS[key])
+    p.add_argument("--dags-folder", type=Path, default=REPO / "dags",
+                   help="DAG files Airflow loads (default: this project's dags/; new DAGs start paused)")
     p.add_argument("--gpus", type=int, default=None, help="slots of the gpu pool (default: GPUs found, min 1)")
     p.add_argument("--timeout", type=float, default=420.0, help="seconds to wait for health checks")
     return p
@@ -365,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             return status(lay)
         ports = {key: getattr(args, f"{key}_port") for key in names.DEFAULT_PORTS}
-        return up(lay, ports, args.db, args.pg_url, args.gpus, args.timeout, args.pg_prefix)
+        return up(lay, ports, args.db, args.pg_url, args.gpus, args.timeout, args.pg_prefix, args.dags_folder)
     except StackError as exc:
         print(f"h3ops {args.command}: {exc}", file=sys.stderr)
         return 1
