@@ -6,6 +6,8 @@ with random task vectors whose spectra decay (Δ = A·diag(exp(-i/τ))·Bᵀ, Ga
   python bench/tsvm_bench.py --tiny            # seconds: small shapes, checks the plumbing
   python bench/tsvm_bench.py --layer           # one transformer block (+ embedding), T = 3 and 5
   python bench/tsvm_bench.py --full --layers 30  # whole checkpoints on disk, through the engine
+  $FUSION_PY bench/tsvm_bench.py --worker interleaved --result out.json [--Ts 3,5] [--reps 3]
+      # per-matrix timings, ours and fusion_bench alternating in one process (best of reps)
 
 Every measurement runs in its own child process (wall time and peak RSS from wait4), one torch
 thread each. fusion_bench runs from a separate venv (FUSION_PY, default
@@ -153,6 +155,54 @@ def worker_engine(args) -> None:
     merge(cfg, Path(args.result) / "out", progress=False)
 
 
+def worker_interleaved(args) -> None:
+    """Ours and fusion_bench in ONE process (the fusion venv sees the project venv), alternating
+    A/B/A/B per matrix and keeping the best of `--reps`: robust to the load of a shared machine."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    torch.set_num_threads(args.threads)
+    from fusion_bench.method.task_singular_vector.utils import TSVM_utils
+
+    from merging.method import TensorTask, get_method
+
+    s = TINY if args.tiny else SMOL
+    shapes = {k.split("layers.0.")[-1]: v for k, v in block_shapes(s, 0).items() if len(v) == 2}
+    if not args.no_embed:
+        shapes = {"embed_tokens": (s["vocab"], s["hidden"]), **shapes}
+    variants = [("tsvm", "exact"), ("tsvm", "gram"), ("tsvm", "randomized"), ("r_tsvm", "exact"), ("r_tsvm", "gram")]
+    out = {}
+    for T in map(int, args.Ts.split(",")):
+        base, deltas = make_inputs(shapes, T, seed=T)
+        for n in shapes:
+            b, cands = base[n], [base[n] + d[n] for d in deltas]
+            best = {}
+
+            def fusion():
+                with contextlib.redirect_stdout(open(os.devnull, "w")):
+                    return TSVM_utils.compute_and_sum_svd_mem_reduction([{n: d[n]} for d in deltas], accelerator="cpu")[n]
+
+            def ours(method, driver):
+                meth = get_method(method)
+                gp, mp = meth.resolve({"svd_driver": driver}, [{}] * T)
+                return lambda: meth.fn(TensorTask(n, b, cands, gp, mp)) - b
+
+            runs = {"fusion_bench/tsvm": fusion, **{f"{m}/{d}": ours(m, d) for m, d in variants}}
+            results = {}
+            reps = 1 if n == "embed_tokens" else args.reps
+            for _ in range(reps):
+                for key, fn in runs.items():
+                    t0 = time.perf_counter()
+                    results[key] = fn()
+                    best[key] = min(best.get(key, float("inf")), time.perf_counter() - t0)
+            ref = results["tsvm/exact"]
+            out[f"T{T}/{n}"] = {k: {"best_s": round(v, 4), "speedup_vs_fusion": round(best["fusion_bench/tsvm"] / v, 2),
+                                    **({"rel_err_vs_tsvm_exact": rel_err(results[k], ref)} if not k.startswith("r_") else {})}
+                                for k, v in best.items()}
+            print(json.dumps({f"T{T}/{n}": out[f"T{T}/{n}"]}), flush=True)
+    Path(args.result).write_text(json.dumps(out, indent=1))
+
+
 # ---- driver ---------------------------------------------------------------------------------------
 
 INPROC = False  # --tiny: run our workers in this process (seconds; no per-run RSS)
@@ -266,7 +316,8 @@ def bench_full(s: dict, layers: int, T: int, work: Path, methods, fusion: bool, 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--worker", choices=("ours", "fusion", "fusion_full", "engine"))
+    p.add_argument("--worker", choices=("ours", "fusion", "fusion_full", "engine", "interleaved"))
+    p.add_argument("--reps", type=int, default=3)
     p.add_argument("--method", default="tsvm")
     p.add_argument("--driver", default="exact")
     p.add_argument("--data"), p.add_argument("--result")
@@ -285,7 +336,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.worker:
         {"ours": worker_ours, "fusion": worker_fusion, "fusion_full": worker_fusion_full,
-         "engine": worker_engine}[args.worker](args)
+         "engine": worker_engine, "interleaved": worker_interleaved}[args.worker](args)
         return
     global INPROC
     if args.tiny:  # seconds: in-process, one T, no fusion_bench child unless --Ts/--drivers say more
