@@ -114,6 +114,10 @@ def test_mixture_cli_builds_and_trains_one_dpo_model(tiny_base, tmp_path, capsys
 
     sources = {d: make_ds(tmp_path, d, n) for d, n in (("helpfulness", 10), ("honesty", 4), ("harmlessness", 4))}
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking)  # artifacts (none are logged) stay under tmp_path
+    client.create_experiment("h3ops-train", artifact_location=(tmp_path / "artifacts").as_uri())
     argv = ["mixture", "heuristic", *[a for d, p in sources.items() for a in ("--data", f"{d}={p}")],
             "--ratio", "0.2", "--out", str(tmp_path / "mix"), "--train-base", str(tiny_base),
             "--model-out", str(tmp_path / "model"), "--preset", "test", "--set", "max_steps=2",
@@ -124,9 +128,6 @@ def test_mixture_cli_builds_and_trains_one_dpo_model(tiny_base, tmp_path, capsys
     assert (m.kind, m.dimension, m.parameters["mixture"]) == ("mixture", "mixture", "heuristic")
     assert m.data_digests == {"mixture": out["dataset"]["digest"]} and out["dataset"]["rows"] == 12
     assert load_dataset(tmp_path / "mix").dimension == "mixture"
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking)
     exp = client.get_experiment_by_name("h3ops-train")
     run = client.search_runs([exp.experiment_id])[0]
     assert run.data.tags["h3ops.dimension"] == "mixture" and "loss" in run.data.metrics
