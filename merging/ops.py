@@ -127,15 +127,14 @@ def combine(task: TensorTask, deltas: list[torch.Tensor], *, sign_election: bool
         sign = (_ordered_sum(basis, inplace=False) >= 0).to(tau[0].dtype) * 2 - 1
         mixed, divisor = None, None
         for b, t, w in zip(basis, tau, weights):
-            agree = b.sign() == sign  # zeros never agree
+            agree = (b.sign() == sign).to(t.dtype)  # zeros never agree; float masks multiply fastest
             part = t * agree
-            mixed = part if mixed is None else mixed + part
+            mixed = part if mixed is None else mixed.add_(part)
             if normalize:
-                share = agree.to(t.dtype) if unweighted_election else agree * w
-                divisor = share if divisor is None else divisor + share
+                share = agree if (unweighted_election or w == 1) else agree.mul_(w)
+                divisor = share if divisor is None else divisor.add_(share)
         if normalize:
-            divisor[divisor == 0] = 1
-            mixed = mixed / divisor
+            mixed = mixed / divisor.masked_fill_(divisor == 0, 1)
     else:
         mixed = _ordered_sum(tau)
         if normalize:
