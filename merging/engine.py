@@ -163,21 +163,6 @@ def _copy_side_files(cfg: MergeConfig, ref: Path, dest: Path) -> None:
         conf.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _return_freed_memory() -> None:
-    """Make glibc give large freed buffers back to the OS at once.
-
-    By default glibc raises its mmap threshold after big frees (up to 32 MB), so per-layer tensors
-    are then carved from heap arenas that fragment across threads and never shrink: peak RSS grew
-    to several times the working set. A fixed 4 MiB threshold keeps tensors in their own mappings.
-    """
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
-
-
 def _progress_bar(enabled: bool | None, total: int):
     from tqdm.auto import tqdm
 
@@ -203,7 +188,6 @@ def merge(config: dict | str | Path, out_dir: str | Path, *, seed: int = 0, devi
     if any(out.resolve() == s.path for s in specs):
         raise MergeConfigError(f"{out}: the output folder is one of the inputs")
     readers = [CheckpointReader(s.path, allow_pickle=allow_pickle) for s in specs]
-    _return_freed_memory()
     plan = _plan(cfg, readers)
     run = _Run(cfg, readers, plan, seed, dev)
     # One thread reads ahead, one hashes the parents (whole folders) beside the merge, not before it.
