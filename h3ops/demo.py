@@ -1,0 +1,209 @@
+"""`h3ops demo [--tiny]`: the whole continual alignment loop on the embedded default.
+
+No servers: MLflow on SQLite with artifacts in a local folder, Airflow's metadata in SQLite and
+every DAG executed with `dag.test()`, all under ./.h3ops/. The base (SmolLM2-135M-Instruct, or a
+tiny Llama with --tiny) is the first production model; preference files built from the offline
+data packages land in the landing folders, and the DAGs do the rest: ingest → continual-DPO
+baseline → DPO per dimension → register → R-TSVM merge → register → cpu-3h evaluation → gate →
+promotion (and the serving hand-off when it passes). Ends with a summary table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="h3ops demo", description=__doc__.splitlines()[0])
+    p.add_argument("--tiny", action="store_true", help="a 2-layer Llama instead of SmolLM2 (a fast run)")
+    p.add_argument("--config", help="pipeline YAML (default: examples/smollm2.yaml, or tiny.yaml)")
+    p.add_argument("--home", default=".h3ops", help="where everything is written (default ./.h3ops)")
+    p.add_argument("--pairs", type=int, help="preference pairs per dimension (default 64, tiny 16)")
+    p.add_argument("--steps", type=int, help="DPO steps per dimension (overrides the config)")
+    p.add_argument("--limit", type=int, help="evaluation items per benchmark (overrides the config)")
+    p.add_argument("--no-candidate-eval", action="store_true",
+                   help="skip scoring the single-dimension candidates for the summary")
+    return p
+
+
+def _environment(home: Path) -> None:
+    """Airflow and MLflow self-contained under `home`, before either is imported."""
+    os.environ.setdefault("AIRFLOW_HOME", str(home / "airflow"))
+    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    os.environ.setdefault("AIRFLOW__CORE__PARALLELISM", "4")
+    os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("H3OPS_EVAL_CACHE", str(home / "eval-cache"))
+
+
+def _config(args, home: Path):
+    from h3ops.config import dump_config, load_config
+
+    path = Path(args.config) if args.config else ROOT / "examples" / ("tiny.yaml" if args.tiny else "smollm2.yaml")
+    cfg = load_config(path)
+    over: dict = {
+        "dimensions": [{"name": d.name, "landing": str((home / "landing" / d.name).resolve())} for d in cfg.dimensions],
+        "workdir": str((home / "work").resolve()),
+        "registry": {"tracking_uri": f"sqlite:///{(home / 'mlflow.db').resolve()}",
+                     "artifact_location": str((home / "mlartifacts").resolve()),
+                     "serving_manifest": str((home / "serving" / "production.json").resolve())},
+    }
+    if args.steps:
+        over["dpo"] = {"overrides": {**cfg.dpo.overrides, "max_steps": args.steps}}
+    if args.limit:
+        over["evaluation"] = {"limit": args.limit}
+    cfg = cfg.with_overrides(over)
+    return cfg, dump_config(cfg, home / "pipeline.yaml")
+
+
+def land_preferences(cfg, n: int) -> dict[str, Path]:
+    """Write real pairs from the offline data packages into each landing folder (what an upstream
+    data team would drop there). Rows are disjoint from what cpu-3h evaluates."""
+    from alignment import demo_data
+
+    makers = {"helpfulness": demo_data.helpfulness_pairs, "honesty": demo_data.honesty_pairs,
+              "harmlessness": demo_data.harmlessness_pairs}
+    out = {}
+    for d in cfg.dimensions:
+        folder = Path(d.landing)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"demo-{d.name}.jsonl"
+        if not path.exists():
+            rows = makers[d.name](n)
+            tmp = folder / f".{path.name}.part"
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            tmp.replace(path)
+        out[d.name] = path
+    return out
+
+
+def _run(bag, dag_id: str, conf: dict, log: list) -> None:
+    t = time.perf_counter()
+    dr = bag.dags[dag_id].test(run_conf=conf)
+    state = str(getattr(dr.state, "value", dr.state))
+    log.append((dag_id, state, time.perf_counter() - t))
+    print(f"[demo] {dag_id}: {state} in {time.perf_counter() - t:.0f} s", flush=True)
+    if state != "success":
+        raise SystemExit(f"h3ops demo: DAG {dag_id} ended {state}; see {os.environ['AIRFLOW_HOME']}/logs")
+
+
+def _row(reg, ref, role: str) -> list[str]:
+    s = reg.get_scores(ref.uri)
+    nums = [f"{getattr(s, k):6.2f}" if s else "     -" for k in ("helpful_avg", "honest_avg", "harmless_avg", "avg")]
+    return [role, ref.uri, ref.tags.get("h3ops.method") or ref.tags.get("h3ops.kind", ""),
+            ref.tags.get("h3ops.dimension") or "-", *nums]
+
+
+def summary(cfg, decision: dict | None, timings: list) -> str:
+    from h3ops.steps.common import registry
+
+    reg = registry(cfg)
+    prod, prev = reg.production(cfg.project), reg.previous_production(cfg.project)
+    rows = [["role", "version", "method", "dimension", "helpful", "honest", "harmless", "avg"]]
+    merged = reg.versions(cfg.project, "merged")
+    for v in merged:
+        marks = [m for m, r in (("production", prod), ("previous-production", prev)) if r and r.uri == v.uri]
+        role = ("base" if v.tags.get("h3ops.method") == "base" else "merged") + (f" ({', '.join(marks)})" if marks else "")
+        rows.append(_row(reg, v, role))
+    for kind in ("candidate", "continual"):
+        rows += [_row(reg, v, kind) for v in reg.versions(cfg.project, kind)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    out = [f"h3ops demo — project {cfg.project}, base {cfg.base_model}, merge {cfg.merge.method}, "
+           f"suite {cfg.evaluation.suite} (limit {cfg.evaluation.limit})", "", *lines, ""]
+    if decision:
+        out += [decision.get("summary", f"gate passed={decision.get('passed')}"), ""]
+    out += [f"production: {prod.uri if prod else '(none)'}"
+            + (f"   previous-production: {prev.uri}" if prev else ""), ""]
+    out += ["DAG runs: " + ", ".join(f"{d} {s} {t:.0f}s" for d, s, t in timings), ""]
+    db = cfg.registry.tracking_uri
+    out += ["Open the results:",
+            f"  MLflow UI:  mlflow ui --backend-store-uri {db} --port 5000   → http://127.0.0.1:5000",
+            f"  Airflow UI: AIRFLOW_HOME={os.environ['AIRFLOW_HOME']} airflow standalone   → http://127.0.0.1:8080",
+            f"  (or `h3ops up` for the local stack; config: {Path(cfg.workdir).parent / 'pipeline.yaml'})"]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "demo":
+        argv = argv[1:]
+    args = _parser().parse_args(argv)
+    # The repository's packages first: the DAG tasks import them in this process, whatever the
+    # working directory (an editable install made before a package existed maps it as a namespace).
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    home = Path(args.home).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    _environment(home)
+    os.environ.setdefault("OMP_NUM_THREADS", str(min(4, os.cpu_count() or 1)))
+    t0 = time.perf_counter()
+
+    cfg, cfg_path = _config(args, home)
+    conf = {"config": str(cfg_path)}
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.utils.db import initdb
+
+    from h3ops.pipeline import run_step
+
+    initdb()
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    if bag.import_errors:
+        raise SystemExit(f"h3ops demo: DAG import errors: {bag.import_errors}")
+    timings: list = []
+    # A demo should fail fast: the DAGs' retry (minutes later, for resumable GPU jobs) is for production.
+    for dag in bag.dags.values():
+        for task in dag.tasks:
+            task.retries = 0
+
+    print(f"[demo] base model {cfg.base_model} …", flush=True)
+    base = run_step("prepare_base", cfg)
+    boot = run_step("bootstrap_production", cfg, {"base": base})
+    print(f"[demo] first production model: {boot['production']}", flush=True)
+    land_preferences(cfg, args.pairs or (16 if args.tiny else 64))
+
+    _run(bag, "preference_ingest", conf, timings)
+    if cfg.continual.enabled:
+        _run(bag, "continual_dpo_baseline", conf, timings)
+    _run(bag, "continual_alignment", conf, timings)
+    decision = _xcom(bag, "continual_alignment", "gate")
+    promoted = (_xcom(bag, "continual_alignment", "promote") or {}).get("promoted")
+    if promoted:
+        _run(bag, "promote_to_serving", conf, timings)
+    if not args.no_candidate_eval:  # for the table only: the gate does not need them
+        from h3ops.steps.common import registry
+        for v in registry(cfg).versions(cfg.project, "candidate"):
+            run_step("evaluate", cfg, {"model_uri": v.uri})
+    print()
+    print(summary(cfg, decision, timings))
+    print(f"\n[demo] done in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _xcom(bag, dag_id: str, task_id: str):
+    """The return value of `task_id` in the DAG's latest run."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as s:
+        run = s.execute(select(DagRun).where(DagRun.dag_id == dag_id)
+                        .order_by(DagRun.id.desc()).limit(1)).scalars().first()
+        if run is None:
+            return None
+        row = s.execute(XComModel.get_many(run_id=run.run_id, dag_ids=dag_id, task_ids=task_id,
+                                           key="return_value")).scalars().first()
+        return XComModel.deserialize_value(row) if row is not None else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
