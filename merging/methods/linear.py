@@ -7,9 +7,12 @@ from merging.method import MergeConfigError, Param, TensorTask, register
 
 
 def _weighted_sum(task: TensorTask, weights: list[float]) -> torch.Tensor:
-    stacked = torch.stack(task.candidates)
-    w = torch.tensor(weights, dtype=stacked.dtype, device=stacked.device).view(-1, *([1] * (stacked.dim() - 1)))
-    return (w * stacked).sum(dim=0)
+    # Model by model in index order: bit-identical to a stacked sum over dim 0, without the stack.
+    out = None
+    for c, w in zip(task.candidates, weights):
+        part = c * torch.tensor(w, dtype=c.dtype, device=c.device)
+        out = part if out is None else out.add_(part)
+    return out
 
 
 @register("linear", params=[Param("weight", float, 1.0, per_model=True), Param("normalize", bool, True)],
