@@ -100,11 +100,8 @@ def polar(x: torch.Tensor, method: str = "svd") -> tuple[torch.Tensor, bool]:
     if x.numel() == 0:
         return x.clone(), False
     if method == "svd":
-        p, d, qh = torch.linalg.svd(x, full_matrices=False)
-        keep = d > _rank_tol(x, d[0])
-        if bool(keep.all()):
-            return p @ qh, False
-        return p[:, keep] @ qh[keep], True
+        p, qh, deficient = polar_factors(x)
+        return p @ qh, deficient
     if method == "eigh":  # TSVM_2 whitening: X (XᵀX)^{-1/2} (or (XXᵀ)^{-1/2} X when wide)
         tall = x.shape[0] >= x.shape[1]
         g = x.mT @ x if tall else x @ x.mT
@@ -115,6 +112,15 @@ def polar(x: torch.Tensor, method: str = "svd") -> tuple[torch.Tensor, bool]:
         w = (e * inv) @ e.mT
         return (x @ w if tall else w @ x), not bool(keep.all())
     raise ValueError(f"orthogonalizer must be one of {list(ORTHOGONALIZERS)}, got {method!r}")
+
+
+def polar_factors(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(P, Qᵀ, deficient) with polar(x) = P Qᵀ, restricted to the non-zero singular directions."""
+    p, d, qh = torch.linalg.svd(x, full_matrices=False)
+    keep = d > _rank_tol(x, d[0])
+    if bool(keep.all()):
+        return p, qh, False
+    return p[:, keep], qh[keep], True
 
 
 def _rank_tol(x: torch.Tensor, top: torch.Tensor) -> float:
@@ -156,14 +162,20 @@ def spectral_merge(deltas: list[torch.Tensor], basis: int, keep: int, coeffs: li
         vs.append(v)
         ss.append(mass * coeffs[t])
     u_hat, v_hat, s_hat = torch.cat(us, 1), torch.cat(vs, 1), torch.cat(ss)
-    u_perp, def_u = polar(u_hat, orthogonalizer)
-    v_perp, def_v = polar(v_hat, orthogonalizer)
+    if orthogonalizer == "svd":
+        # polar(Û) = P_u Q_uᵀ and polar(V̂) = P_v Q_vᵀ are never formed: the merge is
+        # P_u [(Q_uᵀ diag(ŝ) Q_v) P_vᵀ], one product with the long side m instead of two.
+        pu, qhu, def_u = polar_factors(u_hat)
+        pv, qhv, def_v = polar_factors(v_hat)
+        merged = pu @ (((qhu * s_hat) @ qhv.mT) @ pv.mT)
+    else:
+        u_perp, def_u = polar(u_hat, orthogonalizer)
+        v_perp, def_v = polar(v_hat, orthogonalizer)
+        merged = (u_perp * s_hat) @ v_perp.mT
     if def_u or def_v:
         warnings.warn(f"{name}: the task singular bases are linearly dependent (duplicate or collinear "
                       "candidates?); the polar factor is not unique, using its partial isometry",
                       SpectralWarning, stacklevel=3)
-    # Both factors are m×Tb / n×Tb (a partial isometry keeps the shape), so one formula serves.
-    merged = (u_perp * s_hat) @ v_perp.mT
     res = SpectralResult(merged, def_u or def_v)
     if with_sti:
         res.sti = singular_task_interference(u_hat, s_hat, v_hat)
