@@ -41,7 +41,7 @@ def test_dags_parse_without_heavy_imports():
     report = json.loads(out.stdout.split("@@", 1)[1])
     assert report["errors"] == {}
     assert {"preference_ingest", "continual_alignment", "continual_dpo_baseline",
-            "promote_to_serving"} <= set(report["dags"])
+            "promote_to_serving", "merge_benchmark"} <= set(report["dags"])
     assert report["heavy"] == [], f"DAG parsing imported {report['heavy']}"
 
 
@@ -98,3 +98,13 @@ def test_baseline_and_serving_shape(dagbag):
     assert serve.params["action"] == "handoff"
     assert "apply" in _upstream(serve, "handoff")
     assert serve.default_args["retries"] == 0
+
+
+def test_merge_benchmark_shape(dagbag):
+    dag = dagbag.dags["merge_benchmark"]
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+    task = dag.get_task("merge_and_evaluate")
+    assert isinstance(task, MappedOperator) and task.pool == "gpu"
+    assert {"methods", "candidates", "base_model"} <= _upstream(dag, "merge_and_evaluate")
+    assert "merge_and_evaluate" in _upstream(dag, "leaderboard")
+    assert "methods" in dag.params

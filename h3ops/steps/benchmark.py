@@ -1,0 +1,80 @@
+"""Merge benchmark: every method on the current candidates, a leaderboard like the paper's Table 3
+and a 3H trade-off plot, logged to MLflow as artifacts of one benchmark run."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from h3ops.config import PipelineConfig
+from h3ops.steps import step
+from h3ops.steps.common import registry, workdir
+
+
+@step("latest_candidates")
+def latest_candidates(cfg: PipelineConfig) -> list[str]:
+    """The newest registered candidate of each configured dimension."""
+    latest = {}
+    for v in registry(cfg).versions(cfg.project, "candidate"):  # ascending versions
+        latest[v.tags.get("h3ops.dimension")] = v.uri
+    return [latest[d.name] for d in cfg.dimensions if d.name in latest]
+
+
+@step("merge_methods")
+def merge_methods(cfg: PipelineConfig, methods: list[str] | None = None) -> list[str]:
+    from merging.method import available_methods
+    known = available_methods()
+    unknown = sorted(set(methods or []) - set(known))
+    if unknown:
+        raise ValueError(f"unknown merge method(s) {unknown}; known: {known}")
+    return list(methods or known)
+
+
+def _table(rows: list[dict]) -> str:
+    head = "| model | method | helpful | honest | harmless | avg |\n|---|---|---|---|---|---|\n"
+    return head + "".join(
+        f"| {r['model_uri']} | {r['label']} | {r['helpful_avg']:.2f} | {r['honest_avg']:.2f} | "
+        f"{r['harmless_avg']:.2f} | {r['avg']:.2f} |\n" for r in rows)
+
+
+def _plot(rows: list[dict], path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")  # no display on workers
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for r in rows:
+        marker = {"production": "*", "continual": "s"}.get(r["role"], "o")
+        ax.scatter(r["helpful_avg"], r["harmless_avg"], c=[[r["honest_avg"] / 100, 0.3, 0.6]], marker=marker, s=80)
+        ax.annotate(r["label"], (r["helpful_avg"], r["harmless_avg"]), fontsize=7)
+    ax.set_xlabel("helpfulness avg")
+    ax.set_ylabel("harmlessness avg")
+    ax.set_title("3H trade-off (colour: honesty)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@step("leaderboard")
+def leaderboard(cfg: PipelineConfig, merged: list[dict]) -> dict:
+    """Rank the merged versions with production and continual marked; log table and plot to MLflow."""
+    from h3ops.steps.gate import continual_latest, production_uri
+    reg = registry(cfg)
+    entries = [(m["uri"], m.get("method", "?"), "merged") for m in merged]
+    if (prod := production_uri(cfg)):
+        entries.append((prod, "production", "production"))
+    entries += [(u, f"continual stage {i + 1}", "continual") for i, u in enumerate(continual_latest(cfg))]
+    rows = []
+    for uri, label, role in entries:
+        s = reg.get_scores(uri)
+        if s is not None:
+            rows.append({"model_uri": uri, "label": label, "role": role, **s.averages()})
+    rows.sort(key=lambda r: -r["avg"])
+    out = workdir(cfg, "benchmark", datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S"))
+    (out / "leaderboard.md").write_text(_table(rows))
+    (out / "leaderboard.json").write_text(json.dumps(rows, indent=2))
+    _plot(rows, out / "tradeoff.png")
+    exp = reg.experiment_id(f"h3ops/{cfg.project}/merge-benchmark")
+    run = reg.client.create_run(exp, tags={"mlflow.runName": "merge-benchmark"})
+    reg.client.log_artifacts(run.info.run_id, str(out))
+    reg.client.set_terminated(run.info.run_id, "FINISHED")
+    return {"run_id": run.info.run_id, "folder": str(out), "rows": rows}
