@@ -140,6 +140,7 @@ def test_half_written_outputs_register_nothing(tmp_path, tiny_base, tiny_candida
         assert _versions(cfg, kind) == []
 
 
+@pytest.mark.slow
 def test_failed_training_task_registers_nothing(tmp_path, h3ops_dagbag, monkeypatch):
     """A DAG run whose DPO tasks fail (the base has no weights) registers no version at all."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
