@@ -168,3 +168,28 @@ def test_failed_training_task_registers_nothing(tmp_path, h3ops_dagbag, monkeypa
     cfg = load_config(cfg_path)
     assert _versions(cfg, "candidate") == [] and _versions(cfg, "merged") == []
     assert not list((tmp_path / "work" / "candidates").glob("[!.]*"))
+
+
+def test_hooks_read_connections(tmp_path, monkeypatch, s3_server):
+    """Connections (here from AIRFLOW_CONN_* variables) override the config's registry and give a
+    working S3 client for s3:// landing locations; without them the config is used as is."""
+    from plugins.hooks import LandingHook, MLflowHook
+    from plugins.operators import pipeline_config
+
+    cfg_path = tiny_config(tmp_path)
+    assert MLflowHook().registry_overrides() == {} and LandingHook().get_conn() is None
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps(
+        {"conn_type": "http", "host": "127.0.0.1", "port": 5999, "extra": {"registry_uri": "http://127.0.0.1:5999"}}))
+    monkeypatch.setenv("AIRFLOW_CONN_H3OPS_LANDING", json.dumps(
+        {"conn_type": "aws", "login": s3_server.access_key, "password": s3_server.secret_key,
+         "extra": {"endpoint_url": s3_server.endpoint}}))
+    cfg = pipeline_config({"config": str(cfg_path)})
+    assert cfg.registry.tracking_uri == "http://127.0.0.1:5999"
+    assert cfg.registry.registry_uri == "http://127.0.0.1:5999"
+    client = LandingHook().get_conn()
+    client.put_object(Bucket=s3_server.bucket, Key=f"hook-{tmp_path.name}/x.jsonl", Body=b"{}\n")
+    assert client.list_objects_v2(Bucket=s3_server.bucket, Prefix=f"hook-{tmp_path.name}/")["KeyCount"] == 1
+    # No connection cache survives the variables: later tests see the plain config again.
+    monkeypatch.delenv("AIRFLOW_CONN_MLFLOW_DEFAULT")
+    monkeypatch.delenv("AIRFLOW_CONN_H3OPS_LANDING")
+    assert MLflowHook().registry_overrides() == {} and LandingHook().get_conn() is None
