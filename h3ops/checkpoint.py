@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -20,6 +21,7 @@ from h3ops import __version__
 MANIFEST = "h3ops.json"
 SAFE_INDEX = "model.safetensors.index.json"
 PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+_MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
 
 
 class CheckpointError(ValueError):
@@ -90,6 +92,34 @@ def weight_files(folder: str | Path, allow_pickle: bool = False) -> list[Path]:
             )
         return sorted(root.glob("pytorch_model*.bin"))
     raise CheckpointError(f"{root}: no model.safetensors or {SAFE_INDEX}")
+
+
+def read_safetensors_header(path: str | Path, *, exact: bool = False) -> tuple[dict, int]:
+    """Parse a safetensors header without torch; return (header, offset of the data block).
+
+    Checks the declared tensor bytes fit in the file (a truncated write is caught before any tensor
+    is read); with `exact`, also that nothing follows them. Errors name the file and the fault.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: corrupt safetensors file, truncated ({size} bytes, no header)")
+        (n,) = struct.unpack("<Q", head)
+        if n > _MAX_HEADER or 8 + n > size:
+            raise CheckpointError(
+                f"{path}: corrupt safetensors file, truncated or bad header (header of {n} bytes, file {size})")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise CheckpointError(f"{path}: corrupt safetensors file, header is not JSON ({e})") from None
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    need = 8 + n + end
+    if need > size or (exact and need != size):
+        fault = "truncated" if need > size else "padded"
+        raise CheckpointError(f"{path}: corrupt safetensors file, {fault} (tensors need {need} bytes, file has {size})")
+    return header, 8 + n
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from typing import Iterable
 
 import torch
 
-from h3ops.checkpoint import SAFE_INDEX, CheckpointError, weight_files
+from h3ops.checkpoint import SAFE_INDEX, CheckpointError, read_safetensors_header, weight_files
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -27,7 +27,6 @@ DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 CODES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
-_MAX_HEADER = 100 << 20
 
 
 def parse_size(size: str | int) -> int:
@@ -54,28 +53,6 @@ class _Entry:
         self.file, self.dtype, self.shape, self.start, self.end = file, dtype, shape, start, end
 
 
-def read_header(path: Path) -> tuple[dict, int]:
-    """Parse a safetensors header; errors name the file and say what is wrong with it."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes, no header)")
-        (n,) = struct.unpack("<Q", head)
-        if n > _MAX_HEADER or 8 + n > size:
-            raise CheckpointError(f"{path}: truncated or corrupt safetensors file (header of {n} bytes, file {size})")
-        try:
-            header = json.loads(f.read(n))
-        except ValueError as e:
-            raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from e
-    data_start = 8 + n
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if data_start + end > size:
-        raise CheckpointError(
-            f"{path}: truncated safetensors file: header declares {end} data bytes, file holds {size - data_start}")
-    return header, data_start
-
-
 class CheckpointReader:
     """The tensors of one checkpoint folder, read lazily one at a time."""
 
@@ -88,7 +65,7 @@ class CheckpointReader:
             self._load_pickle(files)
             return
         for path in files:
-            header, data_start = read_header(path)
+            header, data_start = read_safetensors_header(path)
             for name, info in header.items():
                 if name == "__metadata__":
                     continue

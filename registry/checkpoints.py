@@ -6,36 +6,15 @@ checkpoint or with a truncated safetensors file never reaches the artifact store
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from h3ops.checkpoint import CheckpointError, Manifest, weight_files
+from h3ops.checkpoint import CheckpointError, Manifest, read_safetensors_header, weight_files
 from h3ops.digest import digest_dir, digest_json
 
 KINDS = ("candidate", "continual", "merged", "base")
 TAG = "h3ops."  # prefix of every tag h3ops writes
-
-
-def check_safetensors(path: Path) -> None:
-    """Parse the header and check the declared tensor bytes fit the file exactly (no torch needed)."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path}: corrupt safetensors (file shorter than its 8-byte header length)")
-        (n,) = struct.unpack("<Q", head)
-        if n > size - 8 or n > 100 << 20:
-            raise CheckpointError(f"{path}: corrupt safetensors (header length {n} exceeds file size {size})")
-        try:
-            header = json.loads(f.read(n))
-        except ValueError as e:
-            raise CheckpointError(f"{path}: corrupt safetensors (header is not JSON: {e})") from None
-    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end != size:
-        raise CheckpointError(f"{path}: corrupt safetensors (tensors need {8 + n + end} bytes, file has {size}; "
-                              "truncated or padded)")
 
 
 @dataclass(frozen=True)
@@ -99,7 +78,7 @@ def inspect_checkpoint(folder: str | Path, *, kind: str, dimension: str | None =
         raise CheckpointError(f"{root}: no config.json (not a Hugging Face model folder)")
     manifest = Manifest.read(root)  # raises naming the missing h3ops.json
     for f in weight_files(root):
-        check_safetensors(f)
+        read_safetensors_header(f, exact=True)
     content = digest_dir(root)
     parent_list = _parents(parents) or _parents(manifest.parents)
     if base_digest is None:
