@@ -168,7 +168,7 @@ def run_suite(model: str | Path, suite: str | Path = "cpu-3h", *, limit: int | N
         tmp.write_text(json.dumps({"metric": value, "n": len(records), "wall_s": timings[key]}))
         tmp.rename(done)  # atomic: a benchmark is cached only once complete
         metrics[key] = value
-    scores = aggregate(metrics, defn["name"])
+    scores = aggregate(metrics, defn["name"], run_digest=suite_digest)
     result = EvalResult(str(model), model_digest, defn["name"], suite_digest, metrics, scores, details,
                         settings, timings, cached=all_cached)
     if out_dir is not None:

@@ -152,11 +152,14 @@ register_suite(Suite(name="full-3h-mt10", benchmarks=FULL_3H.benchmarks, scale={
                      ranges=FULL_3H.ranges, description="full-3h with MT-Bench rescaled to 0-100"))
 
 
-def aggregate(metrics: Mapping[str, float], suite: str | Suite | None = None) -> Scores:
+def aggregate(metrics: Mapping[str, float], suite: str | Suite | None = None, *,
+              run_digest: str | None = None) -> Scores:
     """Per-benchmark metrics → the four 3H averages of the suite (default `full-3h`).
 
     Missing, unknown, non-numeric, non-finite or out-of-range metrics raise ScoringError naming them:
     an incomplete evaluation must never produce a score that could pass the gate.
+    `run_digest` identifies how the metrics were measured (data, limit, judge, generation settings);
+    it is folded into the scores' suite digest so the gate never compares runs measured differently.
     """
     s = get_suite(suite)
     missing = [k for k in s.keys if k not in metrics]
@@ -193,6 +196,7 @@ def aggregate(metrics: Mapping[str, float], suite: str | Suite | None = None) ->
     dims = {d: _mean([values[k] * s.scale.get(k, 1.0) for k in s.benchmarks[d]]) for d in DIMENSIONS}
     return Scores(
         helpful_avg=dims["helpfulness"], honest_avg=dims["honesty"], harmless_avg=dims["harmlessness"],
-        avg=_mean(list(dims.values())), metrics=values, suite=s.name, suite_digest=s.digest,
-        options=s.options(),
+        avg=_mean(list(dims.values())), metrics=values, suite=s.name,
+        suite_digest=s.digest if run_digest is None else digest_json({"suite": s.digest, "run": run_digest}),
+        options=s.options() if run_digest is None else {**s.options(), "run_digest": run_digest},
     )

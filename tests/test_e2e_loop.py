@@ -51,12 +51,15 @@ def _xcom(dr, task_id: str):
         return XComModel.deserialize_value(row)
 
 
-def _chosen_scores(reg, uri: str, value: float) -> None:
-    """Log an evaluation run with chosen metrics (every cpu-3h benchmark at `value`)."""
+def _chosen_scores(reg, cfg, uri: str, value: float) -> None:
+    """Log an evaluation run with chosen metrics (every cpu-3h benchmark at `value`), as if measured
+    with the pipeline's own evaluation settings (same run digest, so the gate compares them)."""
+    from evaluation.runner import plan
     from evaluation.scoring import aggregate, get_suite
 
-    metrics = {k: value for k in get_suite("cpu-3h").keys}
-    scores = aggregate(metrics, "cpu-3h")
+    ev = cfg.evaluation
+    metrics = {k: value for k in get_suite(ev.suite).keys}
+    scores = aggregate(metrics, ev.suite, run_digest=plan(ev.suite, ev.limit, ev.judge)[2])
     reg.log_evaluation(uri, metrics, scores, scores.suite_digest)
 
 
@@ -99,7 +102,7 @@ def test_continual_alignment_loop(tmp_path, mlflow_server, h3ops_dagbag, monkeyp
     # Make the continual baseline unbeatable (every metric 100, logged as a real evaluation run):
     # the merge below is then a worse candidate whatever tiny float differences do to its scores.
     for v in stages:
-        _chosen_scores(reg, v.uri, 100.0)
+        _chosen_scores(reg, cfg, v.uri, 100.0)
 
     # 4. The loop: DPO per dimension → register → merge → register → evaluate → gate → promote.
     dr = bag.dags["continual_alignment"].test(run_conf=conf)
@@ -136,7 +139,7 @@ def test_continual_alignment_loop(tmp_path, mlflow_server, h3ops_dagbag, monkeyp
     assert boot["promoted"] is True
     first_prod = reg.production(cfg.project)
     for uri in [first_prod.uri] + [v.uri for v in stages]:
-        _chosen_scores(reg, uri, 0.0)
+        _chosen_scores(reg, cfg, uri, 0.0)
     dr = bag.dags["continual_alignment"].test(run_conf=conf)
     result = _xcom(dr, "promote")
     assert result["promoted"] is True, result

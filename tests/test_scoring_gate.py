@@ -258,3 +258,14 @@ def test_gate_first_run_and_errors():
     mt10 = aggregate(row("5", "Llama3-8B-Instruct"), "full-3h-mt10")
     with pytest.raises(GateError, match="different suites"):
         decide(row("5", "TSVM"), mt10, stages)
+
+
+def test_run_digest_separates_runs_measured_differently():
+    """Same suite, different measurement (e.g. another limit): the gate refuses to compare them."""
+    metrics = {k: 5.0 for k in get_suite("full-3h").keys}
+    a = aggregate(metrics, run_digest="sha256:limit-4")
+    b = aggregate(metrics, run_digest="sha256:limit-8")
+    assert a.avg == b.avg and a.suite_digest != b.suite_digest != aggregate(metrics).suite_digest
+    assert a.options["run_digest"] == "sha256:limit-4"
+    with pytest.raises(GateError, match="different suites"):
+        decide(a, b, [])
