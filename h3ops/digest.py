@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 _CHUNK = 8 << 20
-# h3ops.json describes a checkpoint; it is not part of what the checkpoint *is*.
-_NOT_CONTENT = {"h3ops.json"}
+# h3ops.json describes a checkpoint and diagnostics.json is derived from its inputs (written only on
+# request): neither is part of what the checkpoint *is*, so a merge with or without diagnostics has
+# the same content digest (registry idempotency, download verification).
+_NOT_CONTENT = {"h3ops.json", "diagnostics.json"}
 
 
 def digest_bytes(data: bytes) -> str:
@@ -33,7 +35,7 @@ def digest_json(obj: Any) -> str:
 
 
 def digest_dir(path: str | Path) -> str:
-    """Digest of a folder's files (names and bytes), h3ops.json excluded."""
+    """Digest of a folder's files (names and bytes), h3ops.json and diagnostics.json excluded."""
     root = Path(path)
     h = hashlib.sha256()
     for f in sorted(p for p in root.rglob("*") if p.is_file()):

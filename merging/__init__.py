@@ -14,15 +14,18 @@ if TYPE_CHECKING:
 
 
 def merge(config, out_dir, *, seed: int = 0, device: str = "cpu", max_shard_size: "str | int" = "2GB",
-          overwrite: bool = False, allow_pickle: bool = False, progress: "bool | None" = None) -> "Path":
+          overwrite: bool = False, allow_pickle: bool = False, progress: "bool | None" = None,
+          diagnostics: bool = False) -> "Path":
     """Merge the checkpoints a mergekit-style config names into `out_dir`; return the folder.
 
+    `diagnostics=True` also writes diagnostics.json (conflict statistics per tensor, the inputs'
+    digests) inside the folder and prints a per-layer-type summary.
     Imported lazily so `import merging` stays free of torch for callers that only need the config.
     """
     from merging.engine import merge as _merge
 
     return _merge(config, out_dir, seed=seed, device=device, max_shard_size=max_shard_size,
-                  overwrite=overwrite, allow_pickle=allow_pickle, progress=progress)
+                  overwrite=overwrite, allow_pickle=allow_pickle, progress=progress, diagnostics=diagnostics)
 
 
 __all__ = ["merge", "MergeConfigError"]

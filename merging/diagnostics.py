@@ -28,6 +28,9 @@ from merging.methods.rtsvm import RTSVMConfig, layer_statistics
 from merging.svd import SVDOptions, singular_task_interference, top_svd
 
 REPORT_VERSION = 1
+DIAGNOSTICS = "diagnostics.json"  # its name inside a merged checkpoint folder (derived, not content)
+# What a spectral method reports that replaces the collector's own R-TSVM-default estimate.
+_DECISIONS = ("alpha_t", "outlier_fraction", "sparsity", "k_base", "k_l", "sti", "sti_rel")
 
 
 def layer_type(name: str) -> str:
@@ -69,8 +72,10 @@ def interference(deltas: list[torch.Tensor], k: int, opts: SVDOptions = SVDOptio
 
 
 def tensor_diagnostics(name: str, base: torch.Tensor, candidates: list[torch.Tensor], *, spectral: bool = True,
-                       cfg: RTSVMConfig = RTSVMConfig(), opts: SVDOptions = SVDOptions()) -> dict[str, Any]:
-    """Every conflict statistic of one tensor (float32 inputs on any device)."""
+                       cfg: RTSVMConfig = RTSVMConfig(), opts: SVDOptions = SVDOptions(),
+                       decisions: bool = True) -> dict[str, Any]:
+    """Every conflict statistic of one tensor (float32 inputs on any device); `decisions=False`
+    skips R-TSVM's per-tensor decisions (α_t, k_l, …) when the merging method already reported its own."""
     deltas = [c.float() - base.float() for c in candidates]
     row: dict[str, Any] = {
         "name": name, "layer_type": layer_type(name), "shape": list(base.shape),
@@ -83,7 +88,7 @@ def tensor_diagnostics(name: str, base: torch.Tensor, candidates: list[torch.Ten
         row["cosine"] = cos
         pairs = [cos[i][j] for i in range(len(cos)) for j in range(i + 1, len(cos))]
         row["mean_cosine"] = statistics.fmean(pairs)
-    if base.ndim == 2:
+    if base.ndim == 2 and decisions:
         st = layer_statistics(deltas, cfg)
         st.pop("thresholded", None)
         row.update({k: st[k] for k in ("alpha_t", "outlier_fraction", "sparsity", "k_base", "k_l")})
@@ -140,10 +145,12 @@ class Collector:
     def observe(self, name: str, base: torch.Tensor, candidates: list[torch.Tensor]) -> None:
         if base is None or not base.is_floating_point():
             return
-        row = tensor_diagnostics(name, base, candidates, spectral=self.spectral)
-        reported = self.sink.pop(name, None)
+        reported = self.sink.pop(name, None) or {}
+        own = "k_l" in reported  # a spectral method's actual decisions beat the defaults' estimate
+        row = tensor_diagnostics(name, base, candidates, spectral=self.spectral and not own, decisions=not own)
         if reported:
             row["method"] = {k: v for k, v in reported.items() if k != "method"}
+            row.update({k: reported[k] for k in _DECISIONS if reported.get(k) is not None})
         self.rows.append(row)
 
     def report(self, inputs: list[dict], settings: dict | None = None) -> dict:

@@ -105,6 +105,7 @@ class _Run:
         self.cfg, self.readers, self.plan, self.seed, self.device = cfg, readers, plan, seed, device
         self.has_base = cfg.base is not None
         self.state: dict[str, Any] = {}
+        self.collector = None  # a diagnostics Collector when asked for; None costs nothing per tensor
 
     def load(self, name: str) -> list[torch.Tensor]:
         """Raw values of one tensor from every input (base first when there is one)."""
@@ -143,6 +144,8 @@ class _Run:
             for spec, v in zip(self.cfg.all_inputs, inputs):
                 _finite(v, name, spec.ref)
             _finite(out, name, f"the {self.cfg.method.name} result")
+        if self.collector is not None:  # after the method: it folds in what the method reported
+            self.collector.observe(name, task.base, task.candidates)
         return out.to(out_dtype).cpu()
 
 
@@ -173,8 +176,11 @@ def _progress_bar(enabled: bool | None, total: int):
 
 def merge(config: dict | str | Path, out_dir: str | Path, *, seed: int = 0, device: str = "cpu",
           max_shard_size: str | int = "2GB", overwrite: bool = False, allow_pickle: bool = False,
-          progress: bool | None = None) -> Path:
-    """Merge the checkpoints a mergekit-style config names into `out_dir`; return the folder."""
+          progress: bool | None = None, diagnostics: bool = False) -> Path:
+    """Merge the checkpoints a mergekit-style config names into `out_dir`; return the folder.
+
+    `diagnostics`: also write diagnostics.json (per-tensor conflict statistics, inputs' digests)
+    inside the folder, atomically with it, and print its per-layer-type summary."""
     start = time.perf_counter()
     cfg = parse_config(config)
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -197,6 +203,12 @@ def merge(config: dict | str | Path, out_dir: str | Path, *, seed: int = 0, devi
         digests = [hasher.submit(digest_dir, s.path) for s in specs]
         if cfg.method.prepass is not None:
             run.state.update(cfg.method.prepass(TaskStream(run)) or {})
+        if diagnostics:
+            from merging.diagnostics import Collector
+
+            run.collector = Collector(cfg.method.name)
+            # Set after the prepass: spectral methods see the sink and report α_t, k_l, STI into it.
+            run.state["diagnostics"] = run.collector.sink
         with atomic_output_dir(out, overwrite=overwrite) as tmp:
             total = sum(_numel(shape) for _, _, shape in plan)
             with ShardedWriter(tmp, plan, max_shard_size) as writer, _progress_bar(progress, total) as bar:
@@ -216,14 +228,31 @@ def merge(config: dict | str | Path, out_dir: str | Path, *, seed: int = 0, devi
                                  "models": [{"model": m.ref, **p} for m, p in zip(cfg.models, cfg.model_params)]},
                      settings={"config": cfg.raw, "out_dtype": cfg.out_dtype, "max_shard_size": str(max_shard_size),
                                "device": str(dev), "shards": writer.files}).write(tmp)
+            if run.collector is not None:
+                summary = _write_diagnostics(run, parents, tmp, max_shard_size, dev)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         hasher.shutdown(wait=True, cancel_futures=True)
+    if diagnostics:
+        from merging.diagnostics import format_summary
+
+        print(format_summary(summary))
     n_params = sum(_numel(s) for _, _, s in plan)
     print(f"h3ops merge: {cfg.method.name} of {len(cfg.models)} model(s) -> {out} | {len(plan)} tensors, "
           f"{n_params / 1e6:.1f}M params, {len(writer.files)} shard(s), {time.perf_counter() - start:.1f}s",
           file=sys.stderr)
     return out
+
+
+def _write_diagnostics(run: _Run, parents: list[dict], tmp: Path, max_shard_size, dev) -> dict:
+    """diagnostics.json inside the temp output folder: renamed with it, removed with it on failure."""
+    from merging.diagnostics import DIAGNOSTICS, write_report
+
+    settings = {"config": run.cfg.raw, "seed": run.seed, "device": str(dev), "max_shard_size": str(max_shard_size),
+                "has_base": run.has_base}
+    report = run.collector.report(parents, settings=settings)
+    write_report(report, tmp / DIAGNOSTICS)
+    return report["summary"]
 
 
 def _numel(shape) -> int:
