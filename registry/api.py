@@ -164,12 +164,14 @@ class Registry:
         if existing:
             return self._ref(existing[0])
         run_id = self._uploaded_run(project, name, lineage, folder)
+        # A merge's diagnostics.json is uploaded with the folder; the tag says where to find it.
+        extra = {f"{TAG}diagnostics": "checkpoint/diagnostics.json"} if (folder / "diagnostics.json").is_file() else {}
         run = self.client.get_run(run_id)
         desc = description or (f"{kind} checkpoint" + (f" for {lineage.dimension}" if lineage.dimension else "")
                                + (f", method {lineage.method}" if lineage.method else "")
                                + f", produced by {lineage.produced_by}")
         mv = self.client.create_model_version(name, f"{run.info.artifact_uri}/checkpoint", run_id=run_id,
-                                              tags=lineage.tags(), description=desc)
+                                              tags={**lineage.tags(), **extra}, description=desc)
         mv = self._await_ready(mv)
         # Two processes registering the same inputs at once may both create a version: the lowest
         # wins and the other removes its own, so the key stays unique.
@@ -196,6 +198,8 @@ class Registry:
         rid = run.info.run_id
         try:
             self.client.log_artifacts(rid, str(folder), "checkpoint")
+            if (folder / "diagnostics.json").is_file():
+                self.client.set_tag(rid, f"{TAG}diagnostics", "checkpoint/diagnostics.json")
             self.client.set_tag(rid, f"{TAG}upload", "complete")
             self.client.set_terminated(rid, "FINISHED")
         except BaseException:

@@ -92,3 +92,28 @@ def test_cli_flag_prints_the_summary(tiny_base, tiny_candidates, tmp_path, capsy
     mlp = next(ln for ln in lines if "mlp.down_proj.weight" in ln)
     assert "/32" in mlp  # k_l/k_base of a 64-wide tensor with two candidates
     assert (tmp_path / "out" / "diagnostics.json").is_file()
+
+
+def test_pipeline_merge_step_logs_diagnostics_with_the_registered_version(tiny_base, tiny_candidates, tmp_path,
+                                                                           capsys):
+    from h3ops.config import load_config
+    from h3ops.pipeline import run_step
+    from h3ops.steps.common import registry
+    from tests.pipeline_helpers import tiny_config
+
+    cfg = load_config(tiny_config(tmp_path))
+    cands = [str(c) for c in tiny_candidates]
+    res = run_step("merge", cfg, {"base": str(tiny_base), "candidates": cands})
+    assert res["diagnostics"] == str(Path(res["path"]) / "diagnostics.json")
+    assert "layer type" in capsys.readouterr().out
+    ref = run_step("register", cfg, {"path": res["path"], "kind": "merged", "parents": cands,
+                                     "method": res["method"], "base": str(tiny_base)})
+    reg = registry(cfg)
+    got = reg.resolve(f"models:/{ref['name']}/{ref['version']}")
+    assert got.tags["h3ops.diagnostics"] == "checkpoint/diagnostics.json"
+    assert reg.client.get_run(ref["run_id"]).data.tags["h3ops.diagnostics"] == "checkpoint/diagnostics.json"
+    # It travelled with the checkpoint, and the registered content digest ignores it.
+    assert got.tags["h3ops.content_digest"] == digest_dir(res["path"])
+    back = reg.download(got, tmp_path / "back")
+    rep, rows = _rows(back)
+    assert rep["method"] == res["method"] and len(rep["inputs"]) == 4 and rows

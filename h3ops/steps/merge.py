@@ -26,7 +26,8 @@ def merge_config(cfg: PipelineConfig, base: str, candidates: list[str], method: 
 @step("merge")
 def merge_candidates(cfg: PipelineConfig, base: str, candidates: list[str], *,
                      method: str | None = None, parameters: dict | None = None) -> dict:
-    """→ {path, method, parameters, parents}; the output folder is keyed by the inputs, so a rerun
+    """→ {path, method, parameters, parents, diagnostics}; diagnostics.json is written inside the
+    folder (it travels to MLflow with the checkpoint when registered). The output folder is keyed by the inputs, so a rerun
     returns the finished merge instead of writing it again."""
     from merging import merge
 
@@ -40,5 +41,7 @@ def merge_candidates(cfg: PipelineConfig, base: str, candidates: list[str], *,
     local = [str(local_model(cfg, c)) for c in candidates]
     conf = merge_config(cfg, str(local_model(cfg, base)), local, method, params)
     if not (out / "h3ops.json").is_file():
-        merge(conf, out, seed=cfg.merge.seed, overwrite=out.exists())
-    return {"path": str(out), "method": method, "parameters": params, "parents": list(candidates)}
+        merge(conf, out, seed=cfg.merge.seed, overwrite=out.exists(), diagnostics=True)
+    diag = out / "diagnostics.json"
+    return {"path": str(out), "method": method, "parameters": params, "parents": list(candidates),
+            "diagnostics": str(diag) if diag.is_file() else None}
