@@ -27,8 +27,8 @@ def merge_config(cfg: PipelineConfig, base: str, candidates: list[str], method: 
 def merge_candidates(cfg: PipelineConfig, base: str, candidates: list[str], *,
                      method: str | None = None, parameters: dict | None = None) -> dict:
     """→ {path, method, parameters, parents, diagnostics}; diagnostics.json is written inside the
-    folder (it travels to MLflow with the checkpoint when registered). The output folder is keyed by the inputs, so a rerun
-    returns the finished merge instead of writing it again."""
+    folder (it travels to MLflow with the checkpoint when registered). The output folder is keyed
+    by the inputs, so a rerun returns the finished merge instead of writing it again."""
     from merging import merge
 
     if not candidates:
