@@ -2,7 +2,7 @@
 
 - `MLflowHook` (conn `mlflow_default`): host is the tracking URI; extra may hold `registry_uri`,
   `artifact_location`, and S3 settings for the artifact store.
-- `LandingHook` (conn `h3ops_landing`): an S3-compatible endpoint for `s3://` landing locations;
+- `LandingHook` (conn `aws_default`, extra endpoint_url): an S3-compatible endpoint for `s3://` landing locations;
   extra `endpoint_url`, `region_name`; login/password are the access key pair.
 """
 from __future__ import annotations

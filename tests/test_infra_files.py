@@ -189,3 +189,13 @@ def test_make_up_passes_the_db_flag():
     done = subprocess.run(["make", "--no-print-directory", "-n", "down"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "infra.local.stack down" in done.stdout
+
+
+def test_plugins_use_the_connections_and_pool_the_stack_creates():
+    """The names the DAGs look up are the names `h3ops up`, compose and Helm create."""
+    from infra import names
+    from plugins import assets
+
+    assert assets.MLFLOW_CONN_ID == names.MLFLOW_CONN_ID
+    assert assets.LANDING_CONN_ID == names.S3_CONN_ID
+    assert assets.GPU_POOL == names.GPU_POOL and assets.GPU_QUEUE == names.GPU_QUEUE

@@ -180,7 +180,7 @@ def test_hooks_read_connections(tmp_path, monkeypatch, s3_server):
     assert MLflowHook().registry_overrides() == {} and LandingHook().get_conn() is None
     monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps(
         {"conn_type": "http", "host": "127.0.0.1", "port": 5999, "extra": {"registry_uri": "http://127.0.0.1:5999"}}))
-    monkeypatch.setenv("AIRFLOW_CONN_H3OPS_LANDING", json.dumps(
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(
         {"conn_type": "aws", "login": s3_server.access_key, "password": s3_server.secret_key,
          "extra": {"endpoint_url": s3_server.endpoint}}))
     cfg = pipeline_config({"config": str(cfg_path)})
@@ -191,5 +191,5 @@ def test_hooks_read_connections(tmp_path, monkeypatch, s3_server):
     assert client.list_objects_v2(Bucket=s3_server.bucket, Prefix=f"hook-{tmp_path.name}/")["KeyCount"] == 1
     # No connection cache survives the variables: later tests see the plain config again.
     monkeypatch.delenv("AIRFLOW_CONN_MLFLOW_DEFAULT")
-    monkeypatch.delenv("AIRFLOW_CONN_H3OPS_LANDING")
+    monkeypatch.delenv("AIRFLOW_CONN_AWS_DEFAULT")
     assert MLflowHook().registry_overrides() == {} and LandingHook().get_conn() is None
