@@ -5,11 +5,13 @@ model (loaded lazily, once per run), the judge and the sandbox.
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Callable
 
 from evaluation import lmeval
 from evaluation.generate import generate
+from evaluation.judges import parse_verdict
 
 KINDS: dict[str, Callable] = {}
 FORMATS: dict[str, Callable[[dict], dict]] = {}
@@ -173,12 +175,7 @@ JUDGED_PROMPTS = {
 }
 
 
-def parse_ok(text: str) -> bool:
-    if "[[OK]]" in text:
-        return True
-    if "[[BAD]]" in text:
-        return False
-    raise ValueError(f"neither [[OK]] nor [[BAD]] in {text[:120]!r}")
+parse_ok = functools.partial(parse_verdict, yes="[[OK]]", no="[[BAD]]")
 
 
 @kind("judged")

@@ -22,16 +22,7 @@ from h3ops.digest import digest_dir
 STEPS = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny models: a second OpenMP thread only adds synchronisation, and on a shared machine a
-    # descheduled peer thread stalls every op (measured 3x slower with 2 threads under load).
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def pairs(dim: str, n: int = 8) -> list[dict]:

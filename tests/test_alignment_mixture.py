@@ -11,16 +11,7 @@ from alignment.dataset import build_dataset, load_dataset
 from alignment.mixture import adc, build_mixture, conflicts, function_scorer, heuristic_mix, hummer_select
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny models: a second OpenMP thread only adds synchronisation, and on a shared machine a
-    # descheduled peer thread stalls every op (measured 3x slower with 2 threads under load).
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def rows(dim: str, n: int, tag: str = "") -> list[dict]:
