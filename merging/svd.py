@@ -123,6 +123,35 @@ def polar_factors(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
     return p[:, keep], qh[keep], True
 
 
+# A side whose concatenated basis is at least this many times taller than wide takes its polar
+# factor from the float64 Gram matrix (q×q eigh, cost ~2pq² flops) instead of a p×q SVD: on the
+# 49152×576 embedding that is a few times cheaper; on square sides the eigh costs as much as the
+# SVD, so they keep the SVD.
+GRAM_POLAR_ASPECT = 2
+# The Gram route leaves the polar factor as X·W with ||W|| = κ(X); float32 products then lose
+# ~eps·κ, so it is used only for well-conditioned bases (random task subspaces of a tall side are
+# nearly orthogonal, κ ≈ 1-3). Anything worse (and every rank-deficient basis) takes the SVD.
+GRAM_POLAR_MAX_COND = 10.0
+GRAM_CHUNK_ROWS = 8192  # the float64 Gram is accumulated over row blocks: no float64 copy of X
+
+
+def polar_factors_fast(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(L, R, deficient) with polar(x) = L R: (x, W) from the Gram route when it applies (see
+    GRAM_POLAR_*), else polar_factors' (P, Qᵀ). Both give the same polar factor up to rounding."""
+    p, q = x.shape
+    if q == 0 or p < GRAM_POLAR_ASPECT * q:
+        return polar_factors(x)
+    g = torch.zeros(q, q, dtype=torch.float64, device=x.device)
+    for i in range(0, p, GRAM_CHUNK_ROWS):
+        xc = x[i:i + GRAM_CHUNK_ROWS].double()
+        g.addmm_(xc.mT, xc)
+    lam, e = torch.linalg.eigh(g)  # ascending
+    if not bool(lam[0] > 0) or float(lam[-1] / lam[0]) > GRAM_POLAR_MAX_COND ** 2:
+        return polar_factors(x)
+    w = (e * lam.rsqrt()) @ e.mT  # (XᵀX)^{-1/2}: polar(X) = X W
+    return x, w.to(x.dtype), False
+
+
 def _rank_tol(x: torch.Tensor, top: torch.Tensor) -> float:
     # Exact duplicates leave singular values at rounding level (a few eps·σ_max); a random square
     # basis has σ_min ~ σ_max/n, so a tight 32·eps keeps generic inputs on the plain polar path.
@@ -165,8 +194,10 @@ def spectral_merge(deltas: list[torch.Tensor], basis: int, keep: int, coeffs: li
     if orthogonalizer == "svd":
         # polar(Û) = P_u Q_uᵀ and polar(V̂) = P_v Q_vᵀ are never formed: the merge is
         # P_u [(Q_uᵀ diag(ŝ) Q_v) P_vᵀ], one product with the long side m instead of two.
-        pu, qhu, def_u = polar_factors(u_hat)
-        pv, qhv, def_v = polar_factors(v_hat)
+        # A tall, well-conditioned side gives polar = X·W instead (polar_factors_fast); the
+        # same product shape: L_u [(R_u diag(ŝ) R_vᵀ) L_vᵀ].
+        pu, qhu, def_u = polar_factors_fast(u_hat)
+        pv, qhv, def_v = polar_factors_fast(v_hat)
         merged = pu @ (((qhu * s_hat) @ qhv.mT) @ pv.mT)
     else:
         u_perp, def_u = polar(u_hat, orthogonalizer)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from merging.method import MergeConfigError, TensorTask, get_method
-from merging.svd import SpectralWarning, SVDOptions, polar, top_svd
+from merging.svd import SpectralWarning, SVDOptions, polar, polar_factors_fast, top_svd
 
 
 def run(name, base, cands, name_key="w", seed=0, state=None, model_params=None, **params):
@@ -86,6 +86,20 @@ def test_polar_and_merge_invariant_to_svd_sign_flips():
     fu, _ = polar(u_hat * signs)  # a flipped triplet flips u and v together
     fv, _ = polar(v_hat * signs)
     assert torch.allclose((pu * s_hat) @ pv.T, (fu * s_hat) @ fv.T, atol=1e-12)
+
+
+def test_gram_polar_route_matches_the_svd_and_falls_back_when_it_must():
+    g = torch.Generator().manual_seed(5)
+    tall = torch.linalg.qr(torch.randn(300, 40, generator=g)).Q + 0.05 * torch.randn(300, 40, generator=g)
+    left, right, deficient = polar_factors_fast(tall)
+    assert left is tall and right.shape == (40, 40) and not deficient  # took the Gram route
+    assert rel(left @ right, polar(tall.double())[0]) < 1e-5
+    dup = torch.cat([tall[:, :20], tall[:, :20]], 1)  # rank-deficient: the SVD's partial isometry
+    left, right, deficient = polar_factors_fast(dup)
+    assert deficient and rel(left @ right, polar(dup)[0]) < 1e-6
+    square = torch.randn(40, 40, generator=g)  # not tall enough: the SVD
+    left, right, _ = polar_factors_fast(square)
+    assert left is not square and rel(left @ right, polar(square.double())[0]) < 1e-4
 
 
 def test_vectors_and_excluded_keys_take_the_mean_scaled_by_alpha():
