@@ -5,7 +5,8 @@ with random task vectors whose spectra decay (Δ = A·diag(exp(-i/τ))·Bᵀ, Ga
 
   python bench/tsvm_bench.py --tiny            # seconds: small shapes, checks the plumbing
   python bench/tsvm_bench.py --layer           # one transformer block (+ embedding), T = 3 and 5
-  python bench/tsvm_bench.py --full --layers 30  # whole checkpoints on disk, through the engine
+  python bench/tsvm_bench.py --full --layers 30  # whole float32 checkpoints through `h3ops merge`,
+      # each run under /usr/bin/time -v (wall, peak RSS); --drivers exact,gram --Ts 3,5
   $FUSION_PY bench/tsvm_bench.py --worker interleaved --result out.json [--Ts 3,5] [--reps 3]
       # per-matrix timings, ours and fusion_bench alternating in one process (best of reps)
 
@@ -275,42 +276,105 @@ def bench_layers(shapes: dict, T: int, work: Path, methods, fusion: bool, thread
     return report
 
 
-def bench_full(s: dict, layers: int, T: int, work: Path, methods, fusion: bool, threads: int) -> dict:
-    """Whole checkpoints (bf16 safetensors) through our engine vs fusion_bench's whole-model TSVM."""
+def spectrum_delta(shape: tuple, seed: int, scale: float = 1e-3):
+    """One task-vector tensor with a decaying spectrum, seeded by (seed, name) alone."""
     import torch
-    from safetensors.torch import load_file, save_file
+
+    g = torch.Generator().manual_seed(seed)
+    if len(shape) != 2:
+        return scale * torch.randn(shape, generator=g)
+    r = min(shape)
+    decay = torch.exp(-torch.arange(r, dtype=torch.float32) / (r / 8))
+    a = torch.randn(shape[0], r, generator=g) / r ** 0.5
+    b = torch.randn(shape[1], r, generator=g) / r ** 0.5
+    return scale * (a * decay) @ b.T
+
+
+def write_checkpoints(shapes: dict, T: int, data: Path, dtype) -> None:
+    """base + T candidates on disk, built one checkpoint at a time (peak: two checkpoints)."""
+    import zlib
+
+    import torch
+    from safetensors.torch import save_file
+
+    def seed(*parts):
+        return zlib.crc32("\0".join(map(str, parts)).encode())
+
+    base = {k: 0.02 * torch.randn(v, generator=torch.Generator().manual_seed(seed("base", k)))
+            for k, v in shapes.items()}
+    (data / "base").mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(dtype).contiguous() for k, v in base.items()}, data / "base" / "model.safetensors")
+    for t in range(T):
+        cand = {k: (base[k] + spectrum_delta(v, seed("delta", t, k))).to(dtype).contiguous()
+                for k, v in shapes.items()}
+        (data / f"cand{t}").mkdir(parents=True, exist_ok=True)
+        save_file(cand, data / f"cand{t}" / "model.safetensors")
+        del cand
+
+
+def timed(cmd: list[str]) -> dict:
+    """Run cmd under /usr/bin/time -v (one torch thread): wall seconds, peak RSS, machine load."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    load = os.popen("uptime").read().strip().split("load average:")[-1].strip()
+    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:4]} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    info = dict(line.strip().rsplit(": ", 1) for line in proc.stderr.splitlines() if ": " in line)
+    h, m_, sec = ([0, 0] + info["Elapsed (wall clock) time (h:mm:ss or m:ss)"].split(":"))[-3:]
+    return {"wall_s": round(int(h) * 3600 + int(m_) * 60 + float(sec), 1),
+            "peak_rss_mib": round(int(info["Maximum resident set size (kbytes)"]) / 1024),
+            "load_before": load}
+
+
+def bench_full(s: dict, layers: int, T: int, work: Path, methods, fusion: bool, threads: int,
+               dtype: str = "float32") -> dict:
+    """Whole checkpoints through `h3ops merge` vs fusion_bench's whole-model TSVM, each under
+    /usr/bin/time -v. float32 checkpoints by default, so agreement is measurable below bf16's 4e-3."""
+    import torch
+    from safetensors.torch import load_file
 
     shapes = model_shapes(s, layers)
     data = work / f"full-L{layers}-T{T}"
-    base, deltas = make_inputs(shapes, T, seed=100 + T)
-    for name, tensors in [("base", base), *((f"cand{t}", {k: base[k] + d[k] for k in base}) for t, d in enumerate(deltas))]:
-        (data / name).mkdir(parents=True, exist_ok=True)
-        save_file({k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()}, data / name / "model.safetensors")
-    del base, deltas
+    write_checkpoints(shapes, T, data, getattr(torch, dtype))
     runs = {}
     for method, driver in methods:
         res = data / f"{method}-{driver}"
         res.mkdir(exist_ok=True)
-        runs[f"{method}/{driver}"] = child(["--worker", "engine", "--method", method, "--driver", driver, "--data",
-                                            str(data), "--result", str(res), "--models", str(T),
-                                            "--threads", str(threads)]) | {"file": res / "out" / "model.safetensors"}
+        cfg = {"merge_method": method, "base_model": str(data / "base"),
+               "models": [{"model": str(data / f"cand{t}")} for t in range(T)],
+               "parameters": {"svd_driver": driver}}
+        (res / "config.yaml").write_text(json.dumps(cfg))  # JSON is YAML
+        runs[f"{method}/{driver}"] = timed([str(ROOT / ".venv/bin/h3ops"), "merge", str(res / "config.yaml"),
+                                            str(res / "out"), "--no-progress"]) | {"file": res / "out" / "model.safetensors"}
+        print(f"  {method}/{driver}: {runs[f'{method}/{driver}']}", flush=True)
     if fusion:
         res = data / "fusion"
         res.mkdir(exist_ok=True)
-        runs["fusion_bench/tsvm"] = child(["--worker", "fusion_full", "--data", str(data), "--result", str(res),
-                                           "--models", str(T), "--threads", str(threads)],
-                                          python=FUSION_PY) | {"file": res / "model.safetensors"}
+        runs["fusion_bench/tsvm"] = timed([FUSION_PY, __file__, "--worker", "fusion_full", "--data", str(data),
+                                           "--result", str(res), "--models", str(T), "--threads", str(threads)]
+                                          ) | {"file": res / "model.safetensors"}
+        print(f"  fusion_bench/tsvm: {runs['fusion_bench/tsvm']}", flush=True)
     b = load_file(data / "base" / "model.safetensors")
-    ref = load_file(runs["tsvm/exact"]["file"]) if "tsvm/exact" in runs else None
+    refs = {m: load_file(runs[f"{m}/exact"]["file"]) for m in ("tsvm", "r_tsvm") if f"{m}/exact" in runs}
     report = {}
     for key, r in runs.items():
-        entry = {"wall_s": round(r["wall_s"], 1), "peak_rss_mib": round(r["peak_rss_mib"])}
-        if ref is not None and (key.startswith("tsvm/") or key.startswith("fusion")):
+        entry = {k: r[k] for k in ("wall_s", "peak_rss_mib", "load_before")}
+        ref = refs.get("r_tsvm" if key.startswith("r_tsvm") else "tsvm")
+        if ref is not None and not key.endswith("/exact"):
             m = load_file(r["file"])
-            # bf16 outputs: compare merged task vectors, relative to their norm
-            entry["max_rel_err_vs_tsvm_exact"] = max(rel_err(m[n].float() - b[n].float(), ref[n].float() - b[n].float())
-                                                     for n in b if b[n].ndim == 2)
+            # per tensor: the merged task vectors, relative to the reference's norm; max per kind
+            errs = {n: rel_err(m[n].float() - b[n].float(), ref[n].float() - b[n].float()) for n in b if b[n].ndim == 2}
+            kinds = {}
+            for n, e in errs.items():
+                kind = n.split(".")[-2] if "layers." in n else n
+                kinds[kind] = max(kinds.get(kind, 0.0), e)
+            entry["rel_err_vs_ours_exact"] = {"max": max(errs.values()), **{k: f"{v:.1e}" for k, v in kinds.items()}}
+            del m
         report[key] = entry
+    import shutil
+
+    shutil.rmtree(data, ignore_errors=True)
     return report
 
 
@@ -327,6 +391,7 @@ def main(argv=None) -> None:
     p.add_argument("--layer", action="store_true", help="one SmolLM2 block + embedding (default)")
     p.add_argument("--full", action="store_true", help="whole checkpoints through the engine")
     p.add_argument("--layers", type=int, default=30)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="--full: checkpoint dtype")
     p.add_argument("--Ts", default="3,5")
     p.add_argument("--drivers", default="exact,gram,randomized,exact64")
     p.add_argument("--no-fusion", action="store_true")
@@ -352,7 +417,8 @@ def main(argv=None) -> None:
         for T in map(int, args.Ts.split(",")):
             if args.full:
                 s = TINY if args.tiny else SMOL
-                results[f"full/L{args.layers}/T{T}"] = bench_full(s, args.layers, T, work, methods, fusion, args.threads)
+                results[f"full/L{args.layers}/T{T}"] = bench_full(s, args.layers, T, work, methods, fusion, args.threads,
+                                                                     args.dtype)
             else:
                 s = TINY if args.tiny else SMOL
                 shapes = block_shapes(s, 0)
