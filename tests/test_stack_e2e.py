@@ -1,0 +1,250 @@
+"""The real multi-process stack end to end: the project's DAGs on Airflow with the CeleryExecutor.
+
+PostgreSQL holds Airflow's metadata and MLflow's store; Redis is the Celery broker; ONE Celery
+worker serves the `default` and `gpu` queues; `mlflow server` proxies artifacts to `rclone serve
+s3`; Airflow's api-server, scheduler and dag-processor run with this repository's dags/ and
+plugins/. Nothing is called in-process: the test lands preference files, drives Airflow through
+its REST API and reads the outcome through MLflow's REST API.
+
+  files land → preference_ingest (its scheduled run, started by unpausing it over REST) → one
+  asset event per dimension → continual_alignment triggered over REST → DPO on the `gpu` queue
+  per dimension → candidates, merge, evaluation, gate, promote → registry checked over REST.
+
+Every wait is a condition polled against a generous deadline, never a fixed sleep. Every process
+runs in its own session and its process group is stopped in `finally`; the database and the Redis
+keys are removed there too.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from infra import names
+from infra.local import procs, stack
+from infra.local.airflow_api import AirflowAPI
+from tests.pipeline_helpers import DIMS, ROOT, tiny_config, write_pairs
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+PG = "postgresql://postgres@127.0.0.1:5432"
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+INGEST, LOOP = "preference_ingest", "continual_alignment"
+TERMINAL = {"success", "failed"}
+
+
+def _env(tmp: Path, db: str, redis_db: int, prefix: str, api_port: int, config: Path) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_TRACKING"))}
+    api = f"http://127.0.0.1:{api_port}"
+    return {
+        **base, **names.AIRFLOW_BASE_ENV,
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", "")]),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), base.get("PYTHONPATH")])),
+        # The DAGs' `config` param defaults to this path (plugins/operators.py DEFAULT_CONFIG).
+        "H3OPS_CONFIG": str(config),
+        "OMP_NUM_THREADS": "1",
+        "AIRFLOW_HOME": str(tmp / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        # Paused until the test says so: no asset-triggered runs race the REST-triggered one.
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}",
+        "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:6379/{redis_db}",
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://postgres@127.0.0.1:5432/{db}",
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": prefix,
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+        "AIRFLOW__API_AUTH__JWT_SECRET": uuid.uuid4().hex,
+        "AIRFLOW__API__SECRET_KEY": uuid.uuid4().hex,
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(api_port),
+        "AIRFLOW__API__BASE_URL": api,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+    }
+
+
+def _sql(db: str, query: str, args=()) -> list[tuple]:
+    conn = psycopg2.connect(f"{PG}/{db}", connect_timeout=5)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query, args)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def _drop(db: str) -> None:
+    conn = psycopg2.connect(f"{PG}/postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    conn.close()
+
+
+def _clear_redis(redis_db: int, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379, db=redis_db)
+    keys = list(client.scan_iter(match=f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+
+
+def _get(api: AirflowAPI, path: str) -> dict:
+    status, body = api.request("GET", path)
+    assert status == 200, (path, status, body)
+    return body
+
+
+def _runs(api: AirflowAPI, dag_id: str) -> list[dict]:
+    return _get(api, f"/api/v2/dags/{dag_id}/dagRuns?limit=50")["dag_runs"]
+
+
+def _task_states(api: AirflowAPI, dag_id: str, run_id: str) -> dict[str, str]:
+    tis = _get(api, f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
+    return {(t["task_id"] if t["map_index"] < 0 else f"{t['task_id']}[{t['map_index']}]"): t["state"]
+            for t in tis}
+
+
+def _xcom(api: AirflowAPI, dag_id: str, run_id: str, task_id: str):
+    body = _get(api, f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
+                     "/xcomEntries/return_value?deserialize=true")
+    value = body["value"]
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _finished(api: AirflowAPI, dag_id: str, run_id: str) -> dict | None:
+    run = _get(api, f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+    return run if run["state"] in TERMINAL else None
+
+
+def _log_tails(logs: Path, n: int = 2500) -> str:
+    parts = []
+    for log in sorted(logs.rglob("*.log")):
+        text = log.read_text(errors="replace")
+        if "Traceback" in text or "ERROR" in text:
+            parts.append(f"--- {log}\n{text[-n:]}")
+    return "\n".join(parts[-6:])
+
+
+def test_project_dags_on_celery_postgres_mlflow_s3(tmp_path, mlflow_server):
+    from mlflow import MlflowClient
+
+    from h3ops.config import load_config
+    from registry.api import model_name
+
+    cfg_path = tiny_config(tmp_path, tracking_uri=mlflow_server.url)
+    cfg = load_config(cfg_path)
+    for d in DIMS:
+        write_pairs(tmp_path / "landing" / d, d)
+
+    db = f"h3ops_stack_e2e_{uuid.uuid4().hex[:10]}"
+    redis_db = random.randint(1, 15)
+    prefix = f"h3ops-e2e-{uuid.uuid4().hex[:8]}:"
+    api_port = procs.free_port()
+    env = _env(tmp_path, db, redis_db, prefix, api_port, cfg_path)
+    env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(tmp_path / "logs" / "tasks")
+    state, logs = tmp_path / "state", tmp_path / "logs"
+    started: list[procs.ProcRecord] = []
+
+    def start(name, *args):
+        rec = procs.start(name, [AIRFLOW, *args], env, state, logs, cwd=tmp_path)
+        started.append(rec)
+        return rec
+
+    stack.ensure_database(PG, db)
+    try:
+        subprocess.run([AIRFLOW, "db", "migrate"], env=env, cwd=tmp_path, check=True, timeout=240,
+                       capture_output=True)
+        watched = [start("api-server", "api-server"), start("scheduler", "scheduler"),
+                   start("dag-processor", "dag-processor"),
+                   start("worker", "celery", "worker", "--queues", f"{names.DEFAULT_QUEUE},{names.GPU_QUEUE}",
+                         "--concurrency", "2", "--skip-serve-logs", "--without-mingle", "--without-gossip")]
+        api = AirflowAPI(f"http://127.0.0.1:{api_port}")
+        procs.wait_for(lambda: api.health().get("metadatabase", {}).get("status") == "healthy",
+                       "api-server", 240, watched, every_s=1)
+        api.login("admin", "unused")  # all-admins mode hands out a token
+        # What `h3ops up` creates: the GPU pool (the DPO, merge and eval tasks need it) and the
+        # MLflow connection the tasks' MLflowHook reads.
+        api.set_pool(names.GPU_POOL, 2, "GPU work")
+        api.set_connection(names.MLFLOW_CONN_ID, "http", host=mlflow_server.url)
+        procs.wait_for(lambda: len(_sql(db, "SELECT 1 FROM dag WHERE dag_id IN (%s, %s)", (INGEST, LOOP))) == 2,
+                       "project DAGs parsed", 240, watched, every_s=1)
+
+        # 1. Unpausing preference_ingest starts its scheduled run (catchup off: one run, now).
+        status, body = api.request("PATCH", f"/api/v2/dags/{INGEST}", {"is_paused": False})
+        assert status == 200, body
+        ingest_run = procs.wait_for(lambda: _runs(api, INGEST), "preference_ingest run created", 120,
+                                    watched, every_s=1)[0]["dag_run_id"]
+        run = procs.wait_for(lambda: _finished(api, INGEST, ingest_run), "preference_ingest finished", 300,
+                             watched, every_s=2)
+        states = _task_states(api, INGEST, ingest_run)
+        assert run["state"] == "success", (states, _log_tails(logs))
+        assert {f"validate[{i}]" for i in range(3)} <= set(states), states
+        # Pause it again: a second scheduled run would only sit in a worker slot waiting for files.
+        api.request("PATCH", f"/api/v2/dags/{INGEST}", {"is_paused": True})
+        events = _get(api, f"/api/v2/assets/events?source_dag_id={INGEST}&limit=50")["asset_events"]
+        events = [e for e in events if e.get("source_run_id") == ingest_run]
+        assert sorted(e["uri"] for e in events) == sorted(f"h3ops://preferences/{d}" for d in DIMS), events
+        digests = {e["extra"]["dimension"]: e["extra"]["digest"] for e in events}
+        assert all(v.startswith("sha256:") for v in digests.values())
+
+        # 2. continual_alignment, triggered over REST with the run's config as conf.
+        status, body = api.request("PATCH", f"/api/v2/dags/{LOOP}", {"is_paused": False})
+        assert status == 200, body
+        status, body = api.request("POST", f"/api/v2/dags/{LOOP}/dagRuns",
+                                   {"logical_date": None, "conf": {"config": str(cfg_path)}})
+        assert status in (200, 201), body
+        loop_run = body["dag_run_id"]
+        run = procs.wait_for(lambda: _finished(api, LOOP, loop_run), "continual_alignment finished", 420,
+                             watched, every_s=2)
+        states = _task_states(api, LOOP, loop_run)
+        assert run["state"] == "success", (states, _log_tails(logs))
+        assert set(states.values()) == {"success"}, states
+        assert {f"train[{i}]" for i in range(3)} <= set(states)
+        # The DPO and merge tasks ran on the gpu queue (the worker serves both queues).
+        gpu_tasks = _sql(db, "SELECT DISTINCT task_id FROM task_instance WHERE run_id = %s AND queue = %s",
+                         (loop_run, names.GPU_QUEUE))
+        assert {"train", "merge", "evaluate"} <= {t for (t,) in gpu_tasks}
+
+        # 3. The registry, read through MLflow's REST API.
+        client = MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
+        cands = client.search_model_versions(f"name = '{model_name(cfg.project, 'candidate')}'")
+        assert sorted(v.tags["h3ops.dimension"] for v in cands) == sorted(DIMS)
+        for v in cands:
+            assert v.tags["h3ops.kind"] == "candidate"
+            assert v.tags["h3ops.data_digest"] == digests[v.tags["h3ops.dimension"]]
+        merged_name = model_name(cfg.project, "merged")
+        (merged,) = client.search_model_versions(f"name = '{merged_name}'")
+        assert merged.tags["h3ops.method"] == cfg.merge.method
+        cand_uris = sorted(f"models:/{v.name}/{v.version}" for v in cands)
+        assert sorted(p["uri"] for p in json.loads(merged.tags["h3ops.parents"])) == cand_uris
+        assert merged.tags["h3ops.base_digest"] == cands[0].tags["h3ops.base_digest"]
+
+        merged_uri = f"models:/{merged_name}/{merged.version}"
+        decision = _xcom(api, LOOP, loop_run, "gate")
+        assert decision["candidate"] == merged_uri and isinstance(decision["passed"], bool), decision
+        promoted = _xcom(api, LOOP, loop_run, "promote")
+        assert promoted["promoted"] is decision["passed"], (decision, promoted)
+        aliases = client.get_registered_model(merged_name).aliases
+        if decision["passed"]:
+            assert str(aliases.get("production")) == str(merged.version), aliases
+        else:
+            assert "production" not in aliases, aliases
+    finally:
+        try:
+            procs.stop(started, grace_s=10)
+        finally:
+            _clear_redis(redis_db, prefix)
+            _drop(db)
