@@ -88,6 +88,18 @@ def test_polar_and_merge_invariant_to_svd_sign_flips():
     assert torch.allclose((pu * s_hat) @ pv.T, (fu * s_hat) @ fv.T, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(120, 30), (30, 120)])
+def test_exact_driver_qr_first_path_on_long_matrices_matches_a_full_svd(shape):
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64) * torch.exp(-torch.arange(shape[1]) / 5.0)
+    u, s, v = top_svd(x, 8)  # 120 ≥ 2·30: geqrf + SVD of R + ormqr
+    uu, ss, vh = torch.linalg.svd(x, full_matrices=False)
+    assert u.shape == (shape[0], 8) and v.shape == (shape[1], 8)
+    assert torch.allclose(s, ss[:8], rtol=1e-12)
+    assert torch.allclose(u.T @ u, torch.eye(8, dtype=x.dtype), atol=1e-12)
+    assert torch.allclose((u * s) @ v.T, (uu[:, :8] * ss[:8]) @ vh[:8], atol=1e-12)
+
+
 def test_gram_polar_route_matches_the_svd_and_falls_back_when_it_must():
     g = torch.Generator().manual_seed(5)
     tall = torch.linalg.qr(torch.randn(300, 40, generator=g)).Q + 0.05 * torch.randn(300, 40, generator=g)
