@@ -124,26 +124,32 @@ def combine(task: TensorTask, deltas: list[torch.Tensor], *, sign_election: bool
         tau = [d.mul_(w) if w != 1 else d for d, w in zip(deltas, weights)]
     if sign_election:
         basis = deltas if unweighted_election else tau
-        sign = (_ordered_sum(basis, inplace=False) >= 0).to(tau[0].dtype) * 2 - 1
+        # The elected sign as a bool (True: +). An entry agrees when its strict sign is the elected
+        # one, so zeros never agree: the same as sign(b) == elected sign, without float sign tensors.
+        positive = _ordered_sum(basis, inplace=False) >= 0
         mixed, divisor = None, None
         for b, t, w in zip(basis, tau, weights):
-            agree = (b.sign() == sign).to(t.dtype)  # zeros never agree; float masks multiply fastest
-            part = t * agree
-            mixed = part if mixed is None else mixed.add_(part)
+            agree = torch.where(positive, b > 0, b < 0)
             if normalize:
-                share = agree if (unweighted_election or w == 1) else agree.mul_(w)
+                share = agree.to(t.dtype)
+                if not (unweighted_election or w == 1):
+                    share.mul_(w)
                 divisor = share if divisor is None else divisor.add_(share)
+            part = t.mul_(agree)  # t is ours, and b's last use was the line above (b is t when weighted)
+            mixed = part if mixed is None else mixed.add_(part)
         if normalize:
-            mixed = mixed / divisor.masked_fill_(divisor == 0, 1)
+            mixed.div_(divisor.masked_fill_(divisor == 0, 1))
     else:
         mixed = _ordered_sum(tau)
         if normalize:
             total = float(sum(weights))
-            mixed = mixed / (total if abs(total) >= 1e-8 else 1.0)
+            mixed.div_(total if abs(total) >= 1e-8 else 1.0)
     lam = task.params["lambda"]
     if lam != 1:
-        mixed = mixed * lam
-    return task.base + mixed
+        mixed.mul_(lam)
+    # mixed is this call's own buffer (the first task vector's), so the result goes into it:
+    # one float32 tensor fewer at the peak, and base + mixed == mixed + base exactly.
+    return mixed.add_(task.base)
 
 
 def _ordered_sum(parts: list[torch.Tensor], inplace: bool = True) -> torch.Tensor:

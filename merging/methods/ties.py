@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from merging.method import Param, TensorTask, register
-from merging.ops import check_unit_interval, combine, density_param, each, gta_params, magnitude
+from merging.ops import check_unit_interval, combine, density_param, gta_params, magnitude
 
 _BINS = 1 << 16
 
@@ -79,7 +79,7 @@ def _trim_model_scope(task: TensorTask, i: int, delta: torch.Tensor) -> torch.Te
     quota = task.state["ties_quota"].get(task.name, {}).get(i, 0)
     if quota:
         keep[(a == t).nonzero().view(-1)[-quota:]] = True
-    return delta * keep.view(delta.shape)
+    return delta.mul_(keep.view(delta.shape))  # in place: `delta` is the caller's temporary
 
 
 @register("ties", params=gta_params(True, density_param(), sign_election=True) + [
@@ -89,7 +89,8 @@ def _trim_model_scope(task: TensorTask, i: int, delta: torch.Tensor) -> torch.Te
 def ties(task: TensorTask) -> torch.Tensor:
     dens = task.per_model("density")
     model_scope = task.params["topk_scope"] == "model"
-    trimmed = each(task.deltas(), lambda i, d: _trim_model_scope(task, i, d) if model_scope and dens[i] < 1
-                   else magnitude(d, dens[i]))
+    # One task vector at a time, trimmed as soon as it exists: never three untrimmed ones at once.
+    trimmed = [_trim_model_scope(task, i, c - task.base) if model_scope and dens[i] < 1
+               else magnitude(c - task.base, dens[i]) for i, c in enumerate(task.candidates)]
     return combine(task, trimmed, sign_election=True, normalize=task.params["normalize"],
                    unweighted_election=task.params["sign_election"] == "unweighted")
