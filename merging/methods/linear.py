@@ -22,7 +22,7 @@ def linear(task: TensorTask) -> torch.Tensor:
     weights = task.per_model("weight")
     out = _weighted_sum(task, weights)
     if task.params["normalize"]:
-        out = out / torch.tensor(weights, dtype=out.dtype, device=out.device).sum()
+        out.div_(torch.tensor(weights, dtype=out.dtype, device=out.device).sum())  # out is our own sum
     return out
 
 
