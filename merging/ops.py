@@ -129,14 +129,12 @@ def combine(task: TensorTask, deltas: list[torch.Tensor], *, sign_election: bool
         positive = _ordered_sum(basis, inplace=False) >= 0
         mixed, divisor = None, None
         for b, t, w in zip(basis, tau, weights):
-            agree = torch.where(positive, b > 0, b < 0)
-            if normalize:
-                share = agree.to(t.dtype)
-                if not (unweighted_election or w == 1):
-                    share.mul_(w)
-                divisor = share if divisor is None else divisor.add_(share)
+            agree = torch.where(positive, b > 0, b < 0).to(t.dtype)  # float masks multiply fastest
             part = t.mul_(agree)  # t is ours, and b's last use was the line above (b is t when weighted)
             mixed = part if mixed is None else mixed.add_(part)
+            if normalize:
+                share = agree if (unweighted_election or w == 1) else agree.mul_(w)
+                divisor = share if divisor is None else divisor.add_(share)
         if normalize:
             mixed.div_(divisor.masked_fill_(divisor == 0, 1))
     else:
