@@ -10,6 +10,12 @@ its REST API and reads the outcome through MLflow's REST API.
   asset event per dimension → continual_alignment triggered over REST → DPO on the `gpu` queue
   per dimension → candidates, merge, evaluation, gate, promote → registry checked over REST.
 
+Fault: while a DPO task is mid-training (it has saved a checkpoint, its output folder does not
+exist yet) the whole Celery worker process group gets SIGKILL, like a lost host. A new worker
+starts; the scheduler notices the dead task by its missing heartbeat (15 s here, not 300 s), the
+task is retried (H3OPS_RETRY_DELAY_S shortens the DAGs' two-minute retry delay) on the new worker,
+and the run still ends with exactly one candidate version per dimension and one merged version.
+
 Every wait is a condition polled against a generous deadline, never a fixed sleep. Every process
 runs in its own session and its process group is stopped in `finally`; the database and the Redis
 keys are removed there too.
@@ -24,6 +30,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import psutil
 import psycopg2
 import pytest
 
@@ -71,6 +78,11 @@ def _env(tmp: Path, db: str, redis_db: int, prefix: str, api_port: int, config: 
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        # A killed worker's task is noticed in seconds, and retried seconds later.
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "15",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
+        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "2",
+        "H3OPS_RETRY_DELAY_S": "2",
     }
 
 
@@ -129,6 +141,17 @@ def _finished(api: AirflowAPI, dag_id: str, run_id: str) -> dict | None:
     return run if run["state"] in TERMINAL else None
 
 
+def _training_in_progress(work: Path) -> list[str]:
+    """Candidate folders whose DPO saved a checkpoint but has not finished (no final folder yet)."""
+    busy = []
+    for state in work.glob("candidates/.*.work-*/checkpoint-*/trainer_state.json"):
+        run_dir = state.parent.parent  # .<dimension>-<key>.work-<run key>
+        final = run_dir.parent / run_dir.name[1:].split(".work-")[0]
+        if not final.exists():
+            busy.append(final.name)
+    return sorted(set(busy))
+
+
 def _log_tails(logs: Path, n: int = 2500) -> str:
     parts = []
     for log in sorted(logs.rglob("*.log")):
@@ -144,7 +167,9 @@ def test_project_dags_on_celery_postgres_mlflow_s3(tmp_path, mlflow_server):
     from h3ops.config import load_config
     from registry.api import model_name
 
-    cfg_path = tiny_config(tmp_path, tracking_uri=mlflow_server.url)
+    # 40 DPO steps, a checkpoint every 2 (the test preset): a window of seconds to kill a worker
+    # mid-training, and something for the retry to resume from.
+    cfg_path = tiny_config(tmp_path, tracking_uri=mlflow_server.url, dpo={"overrides": {"max_steps": 40}})
     cfg = load_config(cfg_path)
     for d in DIMS:
         write_pairs(tmp_path / "landing" / d, d)
@@ -167,10 +192,14 @@ def test_project_dags_on_celery_postgres_mlflow_s3(tmp_path, mlflow_server):
     try:
         subprocess.run([AIRFLOW, "db", "migrate"], env=env, cwd=tmp_path, check=True, timeout=240,
                        capture_output=True)
-        watched = [start("api-server", "api-server"), start("scheduler", "scheduler"),
-                   start("dag-processor", "dag-processor"),
-                   start("worker", "celery", "worker", "--queues", f"{names.DEFAULT_QUEUE},{names.GPU_QUEUE}",
-                         "--concurrency", "2", "--skip-serve-logs", "--without-mingle", "--without-gossip")]
+        def worker(name):
+            return start(name, "celery", "worker", "--queues", f"{names.DEFAULT_QUEUE},{names.GPU_QUEUE}",
+                         "--concurrency", "2", "--skip-serve-logs", "--without-mingle", "--without-gossip")
+
+        core = [start("api-server", "api-server"), start("scheduler", "scheduler"),
+                start("dag-processor", "dag-processor")]
+        first_worker = worker("worker-1")
+        watched = [*core, first_worker]
         api = AirflowAPI(f"http://127.0.0.1:{api_port}")
         procs.wait_for(lambda: api.health().get("metadatabase", {}).get("status") == "healthy",
                        "api-server", 240, watched, every_s=1)
@@ -207,18 +236,36 @@ def test_project_dags_on_celery_postgres_mlflow_s3(tmp_path, mlflow_server):
                                    {"logical_date": None, "conf": {"config": str(cfg_path)}})
         assert status in (200, 201), body
         loop_run = body["dag_run_id"]
+
+        # 3. SIGKILL the worker's whole process group while a DPO task is mid-training.
+        busy = procs.wait_for(lambda: _training_in_progress(tmp_path / "work"), "a DPO task mid-training",
+                              300, watched, every_s=0.2)
+        doomed = procs.group_members(first_worker)
+        for proc in doomed:
+            proc.kill()
+        assert not psutil.wait_procs(doomed, timeout=60)[1]
+        procs.stop(first_worker)  # reaps the leader
+        # Killed before it could finish: its output folder never appeared.
+        assert not [b for b in busy if (tmp_path / "work" / "candidates" / b).exists()], busy
+        watched = [*core, worker("worker-2")]
         run = procs.wait_for(lambda: _finished(api, LOOP, loop_run), "continual_alignment finished", 420,
                              watched, every_s=2)
         states = _task_states(api, LOOP, loop_run)
         assert run["state"] == "success", (states, _log_tails(logs))
         assert set(states.values()) == {"success"}, states
         assert {f"train[{i}]" for i in range(3)} <= set(states)
+        tries = dict(_sql(db, "SELECT map_index, try_number FROM task_instance WHERE run_id = %s "
+                              "AND task_id = 'train'", (loop_run,)))
+        assert max(tries.values()) >= 2, tries  # the killed DPO task was retried, then succeeded
+        for name in busy:  # and its retry resumed from the checkpoint the killed try had saved
+            manifest = json.loads((tmp_path / "work" / "candidates" / name / "h3ops.json").read_text())
+            assert manifest["parameters"]["resumed_from_step"] > 0, (name, manifest["parameters"])
         # The DPO and merge tasks ran on the gpu queue (the worker serves both queues).
         gpu_tasks = _sql(db, "SELECT DISTINCT task_id FROM task_instance WHERE run_id = %s AND queue = %s",
                          (loop_run, names.GPU_QUEUE))
         assert {"train", "merge", "evaluate"} <= {t for (t,) in gpu_tasks}
 
-        # 3. The registry, read through MLflow's REST API.
+        # 4. The registry, read through MLflow's REST API.
         client = MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
         cands = client.search_model_versions(f"name = '{model_name(cfg.project, 'candidate')}'")
         assert sorted(v.tags["h3ops.dimension"] for v in cands) == sorted(DIMS)
