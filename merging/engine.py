@@ -132,17 +132,18 @@ class _Run:
             return raw[0]
         shape = tuple(raw[0].shape)
         task = self.task(name, raw)
+        task.consumable = self.collector is None  # the collector reads the candidates after the method
         out = self.cfg.method.fn(task)
         if tuple(out.shape) != shape:
             raise MergeError(f"method {self.cfg.method.name} returned shape {list(out.shape)} for {name!r}, "
                              f"expected {list(shape)}")
         # Inputs are checked through the output: the methods mask by multiplying, never by selecting,
         # so a NaN/Inf anywhere in an input reaches the result (0·NaN = NaN). Only then do we look
-        # for the culprit, which saves one full pass over every input.
+        # for the culprit (read again: the method may have consumed its copies), which saves one full
+        # pass over every input.
         if not _all_finite(out):
-            inputs = ([task.base] if task.base is not None else []) + list(task.candidates)
-            for spec, v in zip(self.cfg.all_inputs, inputs):
-                _finite(v, name, spec.ref)
+            for spec, t in zip(self.cfg.all_inputs, self.load(name)):
+                _finite(t.to(torch.float32), name, spec.ref)
             _finite(out, name, f"the {self.cfg.method.name} result")
         if self.collector is not None:  # after the method: it folds in what the method reported
             self.collector.observe(name, task.base, task.candidates)

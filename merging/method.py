@@ -68,12 +68,25 @@ class TensorTask:
     model_params: list[dict[str, Any]]  # per-model parameters, resolved with global fallbacks
     seed: int = 0
     state: dict[str, Any] = field(default_factory=dict)  # whole-model facts from a method's prepass
+    # Set by the engine when the candidates are its own float32 copies that nothing reads after the
+    # method (no diagnostics): take_deltas() may then overwrite them.
+    consumable: bool = False
 
     def per_model(self, name: str) -> list[Any]:
         return [p[name] for p in self.model_params]
 
     def deltas(self) -> list["torch.Tensor"]:
         return [c - self.base for c in self.candidates]
+
+    def take_deltas(self) -> list["torch.Tensor"]:
+        """The task vectors as fresh tensors the method owns, computed in place on the candidates when
+        `consumable` (same values, no copies: a merge's peak memory is a few float32 tensors fewer).
+        The candidates are then gone (None): call it only in a method that does not read them after."""
+        if not self.consumable:
+            return self.deltas()
+        out = [c.sub_(self.base) for c in self.candidates]
+        self.candidates = [None] * len(out)
+        return out
 
     def generator(self, model_index: int, device: Any = "cpu") -> "torch.Generator":
         """A generator seeded by (seed, tensor name, model index): order- and device-independent."""

@@ -20,7 +20,7 @@ def _validate(method: str):
 
 def _crumbed(task: TensorTask) -> list[torch.Tensor]:
     mps = task.model_params
-    return each(task.deltas(), lambda i, d: crumbs(d, mps[i]["density"], mps[i]["gamma"]))
+    return each(task.take_deltas(), lambda i, d: crumbs(d, mps[i]["density"], mps[i]["gamma"]))
 
 
 @register("breadcrumbs", params=gta_params(False, *_PARAMS), validate=_validate("breadcrumbs"))

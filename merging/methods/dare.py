@@ -12,7 +12,7 @@ _PARAMS = [density_param(), rescale_param()]
 def _dropped(task: TensorTask) -> list[torch.Tensor]:
     rescale = task.params["rescale"]
     dens = task.per_model("density")
-    return each(task.deltas(), lambda i, d: drop(task, i, d, dens[i], rescale))
+    return each(task.take_deltas(), lambda i, d: drop(task, i, d, dens[i], rescale))
 
 
 @register("dare_linear", params=gta_params(False, *_PARAMS), validate=check_unit_interval("dare_linear"))

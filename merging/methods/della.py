@@ -23,7 +23,7 @@ def _validate(method: str):
 def _pruned(task: TensorTask) -> list[torch.Tensor]:
     rescale = task.params["rescale"]
     mps = task.model_params
-    return each(task.deltas(), lambda i, d: magprune(task, i, d, mps[i]["density"], mps[i]["epsilon"], rescale))
+    return each(task.take_deltas(), lambda i, d: magprune(task, i, d, mps[i]["density"], mps[i]["epsilon"], rescale))
 
 
 @register("della_linear", params=gta_params(False, *_PARAMS), validate=_validate("della_linear"))

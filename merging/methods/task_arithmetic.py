@@ -9,4 +9,4 @@ from merging.ops import combine, gta_params
 
 @register("task_arithmetic", params=gta_params(False))
 def task_arithmetic(task: TensorTask) -> torch.Tensor:
-    return combine(task, task.deltas(), sign_election=False, normalize=task.params["normalize"])
+    return combine(task, task.take_deltas(), sign_election=False, normalize=task.params["normalize"])

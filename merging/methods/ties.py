@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from merging.method import Param, TensorTask, register
-from merging.ops import check_unit_interval, combine, density_param, gta_params, magnitude
+from merging.ops import check_unit_interval, combine, density_param, each, gta_params, magnitude
 
 _BINS = 1 << 16
 
@@ -89,8 +89,7 @@ def _trim_model_scope(task: TensorTask, i: int, delta: torch.Tensor) -> torch.Te
 def ties(task: TensorTask) -> torch.Tensor:
     dens = task.per_model("density")
     model_scope = task.params["topk_scope"] == "model"
-    # One task vector at a time, trimmed as soon as it exists: never three untrimmed ones at once.
-    trimmed = [_trim_model_scope(task, i, c - task.base) if model_scope and dens[i] < 1
-               else magnitude(c - task.base, dens[i]) for i, c in enumerate(task.candidates)]
+    trimmed = each(task.take_deltas(), lambda i, d: _trim_model_scope(task, i, d) if model_scope and dens[i] < 1
+                   else magnitude(d, dens[i]))
     return combine(task, trimmed, sign_election=True, normalize=task.params["normalize"],
                    unweighted_election=task.params["sign_election"] == "unweighted")
