@@ -6,8 +6,8 @@ s3`; Airflow's api-server, scheduler and dag-processor run with this repository'
 plugins/. Nothing is called in-process: the test lands preference files, drives Airflow through
 its REST API and reads the outcome through MLflow's REST API.
 
-  files land → preference_ingest (its scheduled run, started by unpausing it over REST) → one
-  asset event per dimension → continual_alignment triggered over REST → DPO on the `gpu` queue
+  20 files land at once → preference_ingest (its scheduled run, started by unpausing it over
+  REST) takes them all, each exactly once → one asset event per dimension → continual_alignment triggered over REST → DPO on the `gpu` queue
   per dimension → candidates, merge, evaluation, gate, promote → registry checked over REST.
 
 Fault: while a DPO task is mid-training (it has saved a checkpoint, its output folder does not
@@ -45,6 +45,7 @@ PG = "postgresql://postgres@127.0.0.1:5432"
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 INGEST, LOOP = "preference_ingest", "continual_alignment"
 TERMINAL = {"success", "failed"}
+LANDED_FILES = 20
 
 
 def _env(tmp: Path, db: str, redis_db: int, prefix: str, api_port: int, config: Path) -> dict[str, str]:
@@ -165,14 +166,19 @@ def test_project_dags_on_celery_postgres_mlflow_s3(tmp_path, mlflow_server):
     from mlflow import MlflowClient
 
     from h3ops.config import load_config
+    from h3ops.steps.ingest import new_files
     from registry.api import model_name
 
     # 40 DPO steps, a checkpoint every 2 (the test preset): a window of seconds to kill a worker
     # mid-training, and something for the retry to resume from.
     cfg_path = tiny_config(tmp_path, tracking_uri=mlflow_server.url, dpo={"overrides": {"max_steps": 40}})
     cfg = load_config(cfg_path)
-    for d in DIMS:
-        write_pairs(tmp_path / "landing" / d, d)
+    # A burst: 20 files (4 distinct pairs each) land across the three dimensions at once.
+    landed: dict[str, int] = {d: 0 for d in DIMS}
+    for i in range(LANDED_FILES):
+        d = DIMS[i % len(DIMS)]
+        write_pairs(tmp_path / "landing" / d, d, name=f"batch{i:02d}.jsonl", salt=f" (#{i})")
+        landed[d] += 1
 
     db = f"h3ops_stack_e2e_{uuid.uuid4().hex[:10]}"
     redis_db = random.randint(1, 15)
@@ -227,6 +233,15 @@ def test_project_dags_on_celery_postgres_mlflow_s3(tmp_path, mlflow_server):
         events = [e for e in events if e.get("source_run_id") == ingest_run]
         assert sorted(e["uri"] for e in events) == sorted(f"h3ops://preferences/{d}" for d in DIMS), events
         digests = {e["extra"]["dimension"]: e["extra"]["digest"] for e in events}
+        # One run took the whole burst, every file exactly once: all rows are in, none is left new.
+        for e in events:
+            d = e["extra"]["dimension"]
+            built = json.loads((Path(e["extra"]["uri"]) / "dataset.json").read_text())
+            assert sorted(built["sources"]) == sorted(str(p) for p in (tmp_path / "landing" / d).glob("*.jsonl"))
+            assert len(built["sources"]) == landed[d] and built["rows"] == e["extra"]["rows"]
+            assert built["rows"] + built["eval_rows"] == 4 * landed[d], built  # train + held-out eval
+        assert all(new_files(cfg, d) == [] for d in DIMS)
+        assert [r["dag_run_id"] for r in _runs(api, INGEST)] == [ingest_run]
         assert all(v.startswith("sha256:") for v in digests.values())
 
         # 2. continual_alignment, triggered over REST with the run's config as conf.
