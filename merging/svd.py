@@ -141,7 +141,7 @@ def polar(x: torch.Tensor, method: str = "svd") -> tuple[torch.Tensor, bool]:
 def polar_factors(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """(P, Qᵀ, deficient) with polar(x) = P Qᵀ, restricted to the non-zero singular directions."""
     p, d, qh = torch.linalg.svd(x, full_matrices=False)
-    keep = d > _rank_tol(x, d[0])
+    keep = d > _rank_tol(x, d[0], factor=4.0)
     if bool(keep.all()):
         return p, qh, False
     return p[:, keep], qh[keep], True
@@ -176,10 +176,14 @@ def polar_factors_fast(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, boo
     return x, w.to(x.dtype), False
 
 
-def _rank_tol(x: torch.Tensor, top: torch.Tensor) -> float:
-    # Exact duplicates leave singular values at rounding level (a few eps·σ_max); a random square
-    # basis has σ_min ~ σ_max/n, so a tight 32·eps keeps generic inputs on the plain polar path.
-    return float(32 * torch.finfo(x.dtype).eps * top)
+def _rank_tol(x: torch.Tensor, top: torch.Tensor, factor: float = 32.0) -> float:
+    # Exact duplicates (or scaled copies) of a task leave the SVD's singular values at rounding
+    # level: ≤ 1.06·eps·σ_max measured (24×18 … 1536×576 bases). A random square basis (T·k = r,
+    # e.g. T = 3, r = 576) has σ_min ~ σ_max/n but now and then far less: one SmolLM2-shaped
+    # down_proj gave 13·eps·σ_max, which the former 32·eps cut, dropping a real direction (3.8e-2
+    # off the float64 result). polar_factors uses 4·eps, between the two (float32 data cannot
+    # tell a copy from a direction below ~eps); the eigh whitening (σ from √λ) keeps 32·eps.
+    return float(factor * torch.finfo(x.dtype).eps * top)
 
 
 def singular_task_interference(u_hat: torch.Tensor, s_hat: torch.Tensor, v_hat: torch.Tensor) -> float:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from merging.method import MergeConfigError, TensorTask, get_method
-from merging.svd import SpectralWarning, SVDOptions, polar, polar_factors_fast, top_svd
+from merging.svd import SpectralWarning, SVDOptions, polar, polar_factors, polar_factors_fast, top_svd
 
 
 def run(name, base, cands, name_key="w", seed=0, state=None, model_params=None, **params):
@@ -98,6 +98,19 @@ def test_exact_driver_qr_first_path_on_long_matrices_matches_a_full_svd(shape):
     assert torch.allclose(s, ss[:8], rtol=1e-12)
     assert torch.allclose(u.T @ u, torch.eye(8, dtype=x.dtype), atol=1e-12)
     assert torch.allclose((u * s) @ v.T, (uu[:, :8] * ss[:8]) @ vh[:8], atol=1e-12)
+
+
+def test_a_small_but_real_singular_value_of_a_square_basis_is_kept():
+    # Regression: a SmolLM2-shaped down_proj (T = 3, square 576×576 basis) had σ_min = 13·eps·σ_max;
+    # the partial isometry then dropped a real direction (3.8e-2 off the float64 merge).
+    g = torch.Generator().manual_seed(7)
+    q1 = torch.linalg.qr(torch.randn(40, 40, generator=g, dtype=torch.float64)).Q
+    q2 = torch.linalg.qr(torch.randn(40, 40, generator=g, dtype=torch.float64)).Q
+    sv = torch.linspace(1.0, 0.2, 40, dtype=torch.float64)
+    sv[-1] = 20 * torch.finfo(torch.float32).eps
+    x = ((q1 * sv) @ q2.T).float()
+    _, _, deficient = polar_factors(x)
+    assert not deficient
 
 
 def test_gram_polar_route_matches_the_svd_and_falls_back_when_it_must():
