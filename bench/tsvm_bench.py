@@ -394,6 +394,7 @@ def main(argv=None) -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="--full: checkpoint dtype")
     p.add_argument("--Ts", default="3,5")
     p.add_argument("--drivers", default="exact,gram,randomized,exact64")
+    p.add_argument("--methods", default="tsvm,r_tsvm")
     p.add_argument("--no-fusion", action="store_true")
     p.add_argument("--fusion", action="store_true", help="--tiny: also run fusion_bench")
     p.add_argument("--no-embed", action="store_true", help="layer mode: leave the 49152×576 embedding out")
@@ -410,7 +411,7 @@ def main(argv=None) -> None:
             args.Ts = "3"
     fusion = not args.no_fusion and Path(FUSION_PY).exists()
     drivers = args.drivers.split(",")
-    methods = [(m, d) for m in ("tsvm", "r_tsvm") for d in drivers if not (m == "r_tsvm" and d == "exact64")]
+    methods = [(m, d) for m in args.methods.split(",") for d in drivers if not (m == "r_tsvm" and d == "exact64")]
     results = {"uptime_before": os.popen("uptime").read().strip(), "threads": args.threads}
     with tempfile.TemporaryDirectory(prefix="tsvm-bench-") as tmp:
         work = Path(tmp)
