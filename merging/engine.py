@@ -98,6 +98,12 @@ class TaskStream:
         return sum(1 for n, _, _ in self._run.plan if self._run.readers[0].dtype(n).is_floating_point)
 
 
+# Elements per block when an elementwise method streams a large tensor: 1 MiB of float32 per input,
+# so the float32 copies stay in cache and their memory is reused, instead of a fresh multi-MB buffer
+# per input per tensor whose every page faults on first write (the cost that dominated linear merges).
+BLOCK = 1 << 18
+
+
 class _Run:
     """One merge: the parsed config, the open readers and the per-tensor work."""
 
@@ -110,6 +116,12 @@ class _Run:
     def load(self, name: str) -> list[torch.Tensor]:
         """Raw values of one tensor from every input (base first when there is one)."""
         return [r.get(name) for r in self.readers]
+
+    def blockwise(self, name: str) -> bool:
+        """Stream this tensor through the method in blocks (elementwise methods, large float tensors)?"""
+        r = self.readers[0]
+        return (self.cfg.method.elementwise and self.collector is None and r.dtype(name).is_floating_point
+                and _numel(r.shape(name)) > BLOCK)
 
     def task(self, name: str, raw: list[torch.Tensor]) -> TensorTask:
         specs = self.cfg.all_inputs
@@ -133,6 +145,22 @@ class _Run:
         shape = tuple(raw[0].shape)
         task = self.task(name, raw)
         task.consumable = self.collector is None  # the collector reads the candidates after the method
+        out = self._apply(task, shape)
+        if self.collector is not None:  # after the method: it folds in what the method reported
+            self.collector.observe(name, task.base, task.candidates)
+        return out.to(out_dtype).cpu()
+
+    def blocks(self, name: str, out_dtype: torch.dtype) -> Iterator[torch.Tensor]:
+        """The merged values of one tensor, flat, BLOCK elements at a time (elementwise methods)."""
+        n = _numel(self.readers[0].shape(name))
+        for lo in range(0, n, BLOCK):
+            hi = min(n, lo + BLOCK)
+            task = self.task(name, [r.get_range(name, lo, hi) for r in self.readers])
+            task.consumable = True
+            yield self._apply(task, (hi - lo,)).to(out_dtype).cpu()
+
+    def _apply(self, task: TensorTask, shape: tuple[int, ...]) -> torch.Tensor:
+        name = task.name
         out = self.cfg.method.fn(task)
         if tuple(out.shape) != shape:
             raise MergeError(f"method {self.cfg.method.name} returned shape {list(out.shape)} for {name!r}, "
@@ -145,9 +173,7 @@ class _Run:
             for spec, t in zip(self.cfg.all_inputs, self.load(name)):
                 _finite(t.to(torch.float32), name, spec.ref)
             _finite(out, name, f"the {self.cfg.method.name} result")
-        if self.collector is not None:  # after the method: it folds in what the method reported
-            self.collector.observe(name, task.base, task.candidates)
-        return out.to(out_dtype).cpu()
+        return out
 
 
 def _copy_side_files(cfg: MergeConfig, ref: Path, dest: Path) -> None:
@@ -213,12 +239,21 @@ def merge(config: dict | str | Path, out_dir: str | Path, *, seed: int = 0, devi
         with atomic_output_dir(out, overwrite=overwrite) as tmp:
             total = sum(_numel(shape) for _, _, shape in plan)
             with ShardedWriter(tmp, plan, max_shard_size) as writer, _progress_bar(progress, total) as bar:
-                ahead = pool.submit(run.load, plan[0][0]) if plan else None
+                def prefetch(i: int):
+                    # Read the next tensor while this one is computed (I/O and compute overlap);
+                    # blockwise tensors are read block by block as they are merged.
+                    if i >= len(plan) or run.blockwise(plan[i][0]):
+                        return None
+                    return pool.submit(run.load, plan[i][0])
+
+                ahead = prefetch(0)
                 for i, (name, dtype, shape) in enumerate(plan):
-                    raw = ahead.result()
-                    # Read the next tensor while this one is computed (I/O and compute overlap).
-                    ahead = pool.submit(run.load, plan[i + 1][0]) if i + 1 < len(plan) else None
-                    writer.write(name, run.compute(name, dtype, raw))
+                    raw = ahead.result() if ahead is not None else None
+                    ahead = prefetch(i + 1)
+                    if raw is None:
+                        writer.write_parts(name, run.blocks(name, dtype))
+                    else:
+                        writer.write(name, run.compute(name, dtype, raw))
                     del raw
                     bar.update(_numel(shape))
             _copy_side_files(cfg, specs[0].path, tmp)

@@ -111,14 +111,26 @@ class CheckpointReader:
         if self._pickled is not None:
             return self._pickled[name].clone()
         e = self._entries[name]
-        raw = torch.empty(e.end - e.start, dtype=torch.uint8)
+        return self._read(name, e.start, e.end).view(e.dtype).reshape(e.shape)
+
+    def get_range(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Elements [start, stop) of one tensor, flattened in storage order, in its stored dtype."""
+        if self._pickled is not None:
+            return self._pickled[name].reshape(-1)[start:stop].clone()
+        e = self._entries[name]
+        size = e.dtype.itemsize
+        return self._read(name, e.start + start * size, e.start + stop * size).view(e.dtype)
+
+    def _read(self, name: str, begin: int, end: int) -> torch.Tensor:
+        e = self._entries[name]
+        raw = torch.empty(end - begin, dtype=torch.uint8)
         if raw.numel():
             with open(e.file, "rb", buffering=0) as f:
-                f.seek(e.start)
+                f.seek(begin)
                 got = f.readinto(memoryview(raw.numpy()))
             if got != raw.numel():
                 raise CheckpointError(f"{e.file}: truncated while reading tensor {name!r}")
-        return raw.view(e.dtype).reshape(e.shape)
+        return raw
 
 
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
@@ -174,16 +186,25 @@ class ShardedWriter:
         self._shard = i
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
+        self.write_parts(name, (tensor,))
+
+    def write_parts(self, name: str, parts: Iterable[torch.Tensor]) -> None:
+        """Write one tensor given as consecutive flat pieces (its values in storage order)."""
         if self._pos >= len(self._order) or self._order[self._pos][1] != name:
             expected = self._order[self._pos][1] if self._pos < len(self._order) else None
             raise RuntimeError(f"writer: got tensor {name!r}, expected {expected!r} (plan order)")
         shard, _, n = self._order[self._pos]
-        data = _tensor_bytes(tensor)
-        if data.nbytes != n:
-            raise RuntimeError(f"writer: tensor {name!r} has {data.nbytes} bytes, planned {n}")
         if shard != self._shard:
             self._open(shard)
-        self._file.write(data)
+        written = 0
+        for part in parts:
+            data = _tensor_bytes(part)
+            written += data.nbytes
+            if written > n:
+                break
+            self._file.write(data)
+        if written != n:
+            raise RuntimeError(f"writer: tensor {name!r} has {written}{'+' if written > n else ''} bytes, planned {n}")
         self._pos += 1
 
     def close(self) -> None:

@@ -110,6 +110,10 @@ class MergeMethod:
     # Optional cross-parameter check `validate(params, model_params)` raising MergeConfigError
     # (e.g. DELLA's 0 < density - epsilon): still before any tensor is read.
     validate: Callable[[dict, list[dict]], None] | None = None
+    # True when each output element depends only on the same element of the inputs (linear, task
+    # arithmetic): the engine may then hand the function any contiguous slice of a tensor, flattened.
+    # It streams large tensors through it in cache-sized blocks instead of whole float32 copies.
+    elementwise: bool = False
 
     def resolve(self, global_params: dict[str, Any], model_params: list[dict[str, Any]]) -> tuple[dict, list[dict]]:
         """Validate names and types; fill defaults. Errors name the method and the parameter."""
@@ -155,13 +159,15 @@ _METHODS: dict[str, MergeMethod] = {}
 
 
 def register(name: str, params: list[Param] | tuple[Param, ...] = (), *, needs_base: bool = True,
-             min_models: int = 1, prepass: Callable | None = None, validate: Callable | None = None):
+             min_models: int = 1, prepass: Callable | None = None, validate: Callable | None = None,
+             elementwise: bool = False):
     """Decorator: register `fn(task) -> tensor` as merge method `name`."""
 
     def wrap(fn):
         if name in _METHODS:
             raise ValueError(f"merge method {name!r} registered twice")
-        _METHODS[name] = MergeMethod(name, fn, tuple(params), needs_base, min_models, prepass, validate)
+        _METHODS[name] = MergeMethod(name, fn, tuple(params), needs_base, min_models, prepass, validate,
+                                     elementwise)
         return fn
 
     return wrap

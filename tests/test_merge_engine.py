@@ -26,7 +26,7 @@ def _load(folder) -> dict[str, torch.Tensor]:
 
 
 def _cfg(method, base, cands, density=0.5, **global_params):
-    params = {} if method in ("linear", "task_arithmetic", "model_stock") else {"density": density}
+    params = {} if method in ("linear", "rewarded_soup", "task_arithmetic", "model_stock") else {"density": density}
     return {"merge_method": method, "base_model": str(base),
             "models": [{"model": str(c), "parameters": dict(params)} for c in cands], "parameters": global_params}
 
@@ -100,6 +100,39 @@ def test_same_output_for_threads_tensor_order_and_shard_layout(tiny_base, tiny_c
     # A different seed gives a different DARE model.
     other = merge(cfg, tmp_path / "t5", seed=6, progress=False)
     assert (other / "model.safetensors").read_bytes() != reference
+
+
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "rewarded_soup"])
+def test_blockwise_streaming_is_bit_identical_to_whole_tensors(method, tiny_base, tiny_candidates, tmp_path,
+                                                               monkeypatch):
+    """Elementwise methods stream large tensors in blocks; any block size gives the same bytes."""
+    import merging.engine as engine
+
+    cfg = _cfg(method, tiny_base, tiny_candidates)
+    if method == "task_arithmetic":
+        cfg["parameters"] = {"lambda": 0.7, "normalize": True}
+        cfg["models"][1]["parameters"] = {"weight": 0.3}
+    whole = merge(cfg, tmp_path / "whole", diagnostics=True, progress=False)  # diagnostics: whole tensors
+    for block in (7, 1000):  # 7: a ragged last block in every tensor
+        monkeypatch.setattr(engine, "BLOCK", block)
+        out = merge(cfg, tmp_path / f"b{block}", progress=False)
+        assert (out / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
+
+
+def test_blockwise_nan_is_named_and_leaves_nothing(tiny_base, tiny_candidates, tmp_path, monkeypatch):
+    import merging.engine as engine
+
+    def poison(t):
+        w = t["model.layers.1.self_attn.o_proj.weight"].clone()
+        w[-1, -1] = float("inf")
+        return {**t, "model.layers.1.self_attn.o_proj.weight": w}
+
+    bad = _rewrite(tiny_candidates[1], tmp_path / "bad", poison)
+    monkeypatch.setattr(engine, "BLOCK", 64)
+    out = tmp_path / "out"
+    with pytest.raises(MergeError, match=r"o_proj.weight' in .*bad: 1 non-finite"):
+        merge(_cfg("linear", tiny_base, [tiny_candidates[0], bad]), out, progress=False)
+    _no_leftovers(out)
 
 
 def test_sharded_bf16_inputs(tmp_path):

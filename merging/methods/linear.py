@@ -16,7 +16,7 @@ def _weighted_sum(task: TensorTask, weights: list[float]) -> torch.Tensor:
 
 
 @register("linear", params=[Param("weight", float, 1.0, per_model=True), Param("normalize", bool, True)],
-          needs_base=False)
+          needs_base=False, elementwise=True)
 def linear(task: TensorTask) -> torch.Tensor:
     """θ = Σ wᵢθᵢ, divided by Σ wᵢ when `normalize` (equal weights: the plain average)."""
     weights = task.per_model("weight")
@@ -36,7 +36,7 @@ def _simplex(params: dict, model_params: list[dict]) -> None:
 
 @register("rewarded_soup", params=[Param("weight", float, 1.0, per_model=True,
                                          help="preference λᵢ; normalised to sum 1")],
-          needs_base=False, validate=_simplex)
+          needs_base=False, validate=_simplex, elementwise=True)
 def rewarded_soup(task: TensorTask) -> torch.Tensor:
     """θ = Σ λᵢθᵢ with λ a preference vector on the simplex (normalised to sum 1)."""
     lam = task.per_model("weight")
