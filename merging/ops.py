@@ -99,14 +99,37 @@ def magprune(task: TensorTask, i: int, delta: torch.Tensor, density: float, epsi
         return delta
     rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
     n = rows.shape[1]
-    order = rows.abs().argsort(dim=1, stable=True)
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(n, device=rows.device).expand_as(order))
+    rank = magnitude_ranks(rows)
     # ρ = (r - min r)/(max r - min r) with ranks a permutation of 1..n; a single entry gets ρ = 1/2.
     rho = rank.to(torch.float32) / (n - 1) if n > 1 else torch.full_like(rows, 0.5)
     p = (density - epsilon) + 2 * epsilon * rho
     kept = _uniform(task, i, rows) < p
     return rescaled(rows, kept, rescale, p).view(delta.shape)
+
+
+def magnitude_ranks(rows: torch.Tensor) -> torch.Tensor:
+    """Rank of each |x| within its row in a stable ascending sort (equal values ordered by index).
+
+    On the CPU the sort runs on unique int64 keys (|x|'s float32 bits, which order non-negative
+    floats like their values, then the column index) with numpy's SIMD sort: the same ranks as
+    torch's stable argsort, 3-4x faster (bench/README.md, "Merging"). Other devices use argsort.
+    """
+    n = rows.shape[1]
+    if rows.device.type == "cpu" and rows.dtype == torch.float32 and n > 1:
+        import numpy as np
+
+        shift = (n - 1).bit_length()  # 31 value bits + shift index bits fit an int64 for n < 2**32
+        keys = rows.abs().view(torch.int32).numpy().astype(np.int64)
+        keys <<= shift
+        keys |= np.arange(n, dtype=np.int64)
+        keys.sort(axis=1)
+        keys &= (1 << shift) - 1  # the column indices in sorted order: the stable argsort
+        order = torch.from_numpy(keys)
+    else:
+        order = rows.abs().argsort(dim=1, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(n, device=rows.device).expand_as(order))
+    return rank
 
 
 def combine(task: TensorTask, deltas: list[torch.Tensor], *, sign_election: bool, normalize: bool,

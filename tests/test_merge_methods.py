@@ -270,3 +270,17 @@ def test_della_keep_probability_grows_with_magnitude():
     order = delta.abs().argsort()
     low, high = kept[order[:50_000]].double().mean().item(), kept[order[-50_000:]].double().mean().item()
     assert 0.34 < low < 0.42 and 0.58 < high < 0.66  # p from 0.35 to 0.65, linear in rank
+
+
+def test_magnitude_ranks_match_a_stable_argsort_with_ties_and_signed_zeros():
+    from merging.ops import magnitude_ranks
+
+    g = torch.Generator().manual_seed(3)
+    rows = torch.randint(-3, 4, (40, 257), generator=g).float()  # many ties, ±0
+    rows[0, :5] = -0.0
+    rows[1] = torch.randn(257, generator=g) * 1e-30  # subnormal-scale values keep their order
+    want = torch.empty(rows.shape, dtype=torch.int64)
+    for r in range(rows.shape[0]):
+        want[r, torch.argsort(rows[r].abs(), stable=True)] = torch.arange(rows.shape[1])
+    assert torch.equal(magnitude_ranks(rows), want)
+    assert torch.equal(magnitude_ranks(rows[:, :1]), torch.zeros(40, 1, dtype=torch.int64))
