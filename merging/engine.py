@@ -225,6 +225,11 @@ def merge(config: dict | str | Path, out_dir: str | Path, *, seed: int = 0, devi
     run = _Run(cfg, readers, plan, seed, dev)
     # One thread reads ahead, one hashes the parents (whole folders) beside the merge, not before it.
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="h3ops-read")
+    threads = torch.get_num_threads()
+    if cfg.method.elementwise and dev.type == "cpu":
+        # Cache-sized blocks are memory-bound: one intra-op thread streams them fastest (measured,
+        # bench/README.md "Merging"), and the parents' hashing gets the other core.
+        torch.set_num_threads(1)
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="h3ops-digest")
     try:
         digests = [hasher.submit(digest_dir, s.path) for s in specs]
@@ -267,6 +272,7 @@ def merge(config: dict | str | Path, out_dir: str | Path, *, seed: int = 0, devi
             if run.collector is not None:
                 summary = _write_diagnostics(run, parents, tmp, max_shard_size, dev)
     finally:
+        torch.set_num_threads(threads)
         pool.shutdown(wait=True, cancel_futures=True)
         hasher.shutdown(wait=True, cancel_futures=True)
     if diagnostics:

@@ -8,10 +8,18 @@ from merging.method import MergeConfigError, Param, TensorTask, register
 
 def _weighted_sum(task: TensorTask, weights: list[float]) -> torch.Tensor:
     # Model by model in index order: bit-identical to a stacked sum over dim 0, without the stack.
+    # The engine's own float32 copies (consumable) are scaled in place; w = 1 skips the product
+    # (x·1 = x exactly), and the first term is then the engine's buffer itself.
     out = None
-    for c, w in zip(task.candidates, weights):
-        part = c * torch.tensor(w, dtype=c.dtype, device=c.device)
+    for i, (c, w) in enumerate(zip(task.candidates, weights)):
+        if w != 1:
+            scale = torch.tensor(w, dtype=c.dtype, device=c.device)
+            part = c.mul_(scale) if task.consumable else c * scale
+        else:
+            part = c if (task.consumable or out is not None) else c.clone()
         out = part if out is None else out.add_(part)
+    if task.consumable:
+        task.candidates = [None] * len(task.candidates)  # consumed: the first is now the sum
     return out
 
 
