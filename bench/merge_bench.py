@@ -23,51 +23,54 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DETERMINISTIC = {"linear", "task_arithmetic", "ties", "model_stock", "breadcrumbs", "breadcrumbs_ties"}
-DENSITY = {"ties": 0.5, "della": 0.5, "dare_ties": 0.5, "dare_linear": 0.5, "breadcrumbs": 0.5}
+DENSITY = {m: 0.5 for m in ("ties", "della", "della_linear", "dare_ties", "dare_linear", "breadcrumbs",
+                            "breadcrumbs_ties")}
 
 
-def build_models(root: Path, *, layers: int, hidden: int, intermediate: int, vocab: int, n_cands: int = 3) -> list[Path]:
-    """A random bf16 Llama base and candidates = base + small noise (what DPO leaves), cached on disk."""
+def build_models(root: Path, *, layers: int, hidden: int, intermediate: int, vocab: int, n_cands: int = 3,
+                 dtype: str = "bfloat16") -> list[Path]:
+    """A random Llama base and candidates = base + small noise (what DPO leaves), cached on disk."""
     import torch
     from safetensors.torch import save_file
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from h3ops.testing import make_tokenizer
 
-    tag = f"L{layers}-H{hidden}-I{intermediate}-V{vocab}"
+    tag = f"L{layers}-H{hidden}-I{intermediate}-V{vocab}" + ("" if dtype == "bfloat16" else f"-{dtype}")
+    dt = getattr(torch, dtype)
     folders = [root / tag / name for name in ["base"] + [f"cand{i}" for i in range(n_cands)]]
     if all((f / "model.safetensors").is_file() for f in folders):
         return folders
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
                       num_attention_heads=max(1, hidden // 64), num_key_value_heads=max(1, hidden // 64),
-                      tie_word_embeddings=True, architectures=["LlamaForCausalLM"], dtype="bfloat16")
+                      tie_word_embeddings=True, architectures=["LlamaForCausalLM"], dtype=dtype)
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in LlamaForCausalLM(cfg).state_dict().items() if k != "lm_head.weight"}
     tok = make_tokenizer()
     gen = torch.Generator().manual_seed(0)
-    base = {k: (torch.ones(s) if len(s) == 1 else 0.02 * torch.randn(s, generator=gen)).to(torch.bfloat16)
+    base = {k: (torch.ones(s) if len(s) == 1 else 0.02 * torch.randn(s, generator=gen)).to(dt)
             for k, s in shapes.items()}
     for i, folder in enumerate(folders):
         folder.mkdir(parents=True, exist_ok=True)
         cfg.save_pretrained(folder)
         tok.save_pretrained(folder)
-        tensors = base if i == 0 else {k: (v.float() + 0.002 * torch.randn(v.shape, generator=gen)).to(torch.bfloat16)
+        tensors = base if i == 0 else {k: (v.float() + 0.002 * torch.randn(v.shape, generator=gen)).to(dt)
                                        for k, v in base.items()}
         save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
         del tensors
     return folders
 
 
-def write_config(path: Path, method: str, folders: list[Path]) -> Path:
+def write_config(path: Path, method: str, folders: list[Path], out_dtype: str = "bfloat16") -> Path:
     base, cands = folders[0], folders[1:]
     lines = ["models:"]
     for c in cands:
         lines.append(f"  - model: {c}")
         params = {"weight": 1.0} | ({"density": DENSITY[method]} if method in DENSITY else {})
-        if method == "della":
+        if method in ("della", "della_linear"):
             params["epsilon"] = 0.1
         lines.append("    parameters: {" + ", ".join(f"{k}: {v}" for k, v in params.items()) + "}")
-    lines += [f"merge_method: {method}", "dtype: float32", "out_dtype: bfloat16", ""]
+    lines += [f"merge_method: {method}", "dtype: float32", f"out_dtype: {out_dtype}", ""]
     if method != "linear":  # mergekit's linear would average the base in too (and want its weight)
         lines.insert(-1, f"base_model: {base}")
     path.write_text("\n".join(lines))
@@ -135,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=13)
     ap.add_argument("--depth", default="", help="comma-separated layer counts: RSS-vs-depth mode")
     ap.add_argument("--hidden", type=int, default=1024)
+    ap.add_argument("--input-dtype", default="bfloat16", choices=("bfloat16", "float32"),
+                    help="float32: continuous values, no ties at TIES thresholds (agreement check)")
     ap.add_argument("--mergekit", default=None, help="mergekit venv (default /work/bench-venvs/mergekit)")
     ap.add_argument("--no-mergekit", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -163,12 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     py = sys.executable
     results = []
     for shape in shapes:
-        folders = build_models(work / "models", **shape)
+        folders = build_models(work / "models", **shape, dtype=args.input_dtype)
         size_mb = (folders[0] / "model.safetensors").stat().st_size / 1e6
         runs: dict[tuple[str, str], list[dict]] = {}
         for rep in range(args.reps):
             for method in args.methods.split(","):
-                cfg = write_config(work / f"{method}.yaml", method, folders)
+                cfg = write_config(work / f"{method}.yaml", method, folders, out_dtype=args.input_dtype)
                 ours, theirs, floor = work / f"out-h3ops-{method}", work / f"out-mergekit-{method}", work / "out-floor"
                 runs.setdefault(("h3ops", method), []).append(timed(
                     [py, "-m", "merging.cli", str(cfg), str(ours), "--overwrite", "--no-progress"], env))

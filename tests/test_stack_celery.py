@@ -9,31 +9,25 @@ Every wait is a condition polled against a generous deadline, never a fixed slee
 from __future__ import annotations
 
 import json
-import os
 import random
-import sys
 import textwrap
 import uuid
-from pathlib import Path
 
 import psutil
-import psycopg2
 import pytest
 
 from infra import names
 from infra.local import procs, stack
 from infra.local.airflow_api import AirflowAPI
+from tests.fixtures.celery_stack import AIRFLOW, PG, celery_env, clear_redis, drop_database, sql
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
-PG = "postgresql://postgres@127.0.0.1:5432"
 DAG_ID = "h3ops_celery_probe"
-AIRFLOW = str(Path(sys.executable).parent / "airflow")
 
 DAG_FILE = '''
 import json, os, time
 from datetime import datetime, timedelta
-from pathlib import Path
 from airflow.sdk import dag, task, get_current_context
 
 OUT = Path({out!r})
@@ -61,64 +55,6 @@ probe()
 '''
 
 
-def _env(tmp: Path, db: str, redis_db: int, prefix: str, api_port: int) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    api = f"http://127.0.0.1:{api_port}"
-    return {
-        **base, **names.AIRFLOW_BASE_ENV,
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", "")]),
-        "AIRFLOW_HOME": str(tmp / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(tmp / "dags"),
-        "AIRFLOW__CORE__PARALLELISM": "2",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}",
-        "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:6379/{redis_db}",
-        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://postgres@127.0.0.1:5432/{db}",
-        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": prefix,
-        "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
-        "AIRFLOW__API_AUTH__JWT_SECRET": uuid.uuid4().hex,
-        "AIRFLOW__API__SECRET_KEY": uuid.uuid4().hex,
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(api_port),
-        "AIRFLOW__API__BASE_URL": api,
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-        # A killed worker's task is noticed in seconds, not the default five minutes.
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "15",
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
-        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "2",
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-    }
-
-
-def _sql(db: str, query: str, args=()) -> list[tuple]:
-    conn = psycopg2.connect(f"{PG}/{db}", connect_timeout=5)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(query, args)
-            return cur.fetchall()
-    finally:
-        conn.close()
-
-
-def _drop(db: str) -> None:
-    conn = psycopg2.connect(f"{PG}/postgres")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-    conn.close()
-
-
-def _clear_redis(redis_db: int, prefix: str) -> None:
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=6379, db=redis_db)
-    keys = list(client.scan_iter(match=f"{prefix}*"))
-    if keys:
-        client.delete(*keys)
-
-
 def test_celery_gpu_queue_survives_a_killed_worker(tmp_path):
     import subprocess
 
@@ -131,7 +67,9 @@ def test_celery_gpu_queue_survives_a_killed_worker(tmp_path):
     (tmp_path / "dags" / "celery_probe.py").write_text(
         textwrap.dedent(DAG_FILE.format(out=str(out), dag_id=DAG_ID, queue=names.GPU_QUEUE)))
     api_port = procs.free_port()
-    env = _env(tmp_path, db, redis_db, prefix, api_port)
+    env = celery_env(tmp_path, db, redis_db, prefix, api_port,
+                     AIRFLOW__CORE__DAGS_FOLDER=str(tmp_path / "dags"), AIRFLOW__CORE__PARALLELISM="2",
+                     AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False", AIRFLOW__CELERY__WORKER_CONCURRENCY="1")
     state, logs = tmp_path / "state", tmp_path / "logs"
     started: list[procs.ProcRecord] = []
 
@@ -154,7 +92,7 @@ def test_celery_gpu_queue_survives_a_killed_worker(tmp_path):
         api = AirflowAPI(f"http://127.0.0.1:{api_port}")
         procs.wait_for(lambda: api.health().get("metadatabase", {}).get("status") == "healthy",
                        "api-server", 180, core, every_s=1)
-        procs.wait_for(lambda: _sql(db, "SELECT 1 FROM dag WHERE dag_id = %s", (DAG_ID,)),
+        procs.wait_for(lambda: sql(db, "SELECT 1 FROM dag WHERE dag_id = %s", (DAG_ID,)),
                        "DAG parsed", 120, core, every_s=1)
         api.login("admin", "unused")  # all-admins mode hands out a token
         status, body = api.request("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None})
@@ -174,16 +112,16 @@ def test_celery_gpu_queue_survives_a_killed_worker(tmp_path):
         assert not psutil.pid_exists(task_pid) or psutil.Process(task_pid).status() == psutil.STATUS_ZOMBIE
         second_worker = worker("worker-2")
 
-        procs.wait_for(lambda: _sql(db, "SELECT state FROM dag_run WHERE dag_id = %s", (DAG_ID,))
+        procs.wait_for(lambda: sql(db, "SELECT state FROM dag_run WHERE dag_id = %s", (DAG_ID,))
                        == [("success",)], "run succeeded after the retry", 240,
                        [*core, second_worker], every_s=1)
         result = json.loads((out / "result.json").read_text())
         assert result["try"] >= 2
         assert second_worker.pid in result["ancestors"]  # ran under the new Celery worker
-        ((queue, try_number, state_),) = _sql(
+        ((queue, try_number, state_),) = sql(
             db, "SELECT queue, try_number, state FROM task_instance WHERE dag_id = %s", (DAG_ID,))
         assert (queue, state_) == (names.GPU_QUEUE, "success") and try_number == result["try"]
     finally:
         procs.stop(started, grace_s=10)
-        _clear_redis(redis_db, prefix)
-        _drop(db)
+        clear_redis(redis_db, prefix)
+        drop_database(db)

@@ -26,92 +26,42 @@ import json
 import os
 import random
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import psutil
-import psycopg2
 import pytest
 
 from infra import names
 from infra.local import procs, stack
 from infra.local.airflow_api import AirflowAPI
+from tests.fixtures.celery_stack import AIRFLOW, PG, celery_env, clear_redis, drop_database, sql
 from tests.pipeline_helpers import DIMS, ROOT, tiny_config, write_pairs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-PG = "postgresql://postgres@127.0.0.1:5432"
-AIRFLOW = str(Path(sys.executable).parent / "airflow")
 INGEST, LOOP = "preference_ingest", "continual_alignment"
 TERMINAL = {"success", "failed"}
 LANDED_FILES = 20
 
 
 def _env(tmp: Path, db: str, redis_db: int, prefix: str, api_port: int, config: Path) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_TRACKING"))}
-    api = f"http://127.0.0.1:{api_port}"
-    return {
-        **base, **names.AIRFLOW_BASE_ENV,
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", "")]),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), base.get("PYTHONPATH")])),
+    return celery_env(
+        tmp, db, redis_db, prefix, api_port,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         # The DAGs' `config` param defaults to this path (plugins/operators.py DEFAULT_CONFIG).
-        "H3OPS_CONFIG": str(config),
-        "OMP_NUM_THREADS": "1",
-        "AIRFLOW_HOME": str(tmp / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__PARALLELISM": "4",
+        H3OPS_CONFIG=str(config),
+        OMP_NUM_THREADS="1",
+        AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
+        AIRFLOW__CORE__PLUGINS_FOLDER=str(ROOT / "plugins"),
+        AIRFLOW__CORE__PARALLELISM="4",
         # Paused until the test says so: no asset-triggered runs race the REST-triggered one.
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}",
-        "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:6379/{redis_db}",
-        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://postgres@127.0.0.1:5432/{db}",
-        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": prefix,
-        "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
-        "AIRFLOW__API_AUTH__JWT_SECRET": uuid.uuid4().hex,
-        "AIRFLOW__API__SECRET_KEY": uuid.uuid4().hex,
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(api_port),
-        "AIRFLOW__API__BASE_URL": api,
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
-        # A killed worker's task is noticed in seconds, and retried seconds later.
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "15",
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
-        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "2",
-        "H3OPS_RETRY_DELAY_S": "2",
-    }
-
-
-def _sql(db: str, query: str, args=()) -> list[tuple]:
-    conn = psycopg2.connect(f"{PG}/{db}", connect_timeout=5)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(query, args)
-            return cur.fetchall()
-    finally:
-        conn.close()
-
-
-def _drop(db: str) -> None:
-    conn = psycopg2.connect(f"{PG}/postgres")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-    conn.close()
-
-
-def _clear_redis(redis_db: int, prefix: str) -> None:
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=6379, db=redis_db)
-    keys = list(client.scan_iter(match=f"{prefix}*"))
-    if keys:
-        client.delete(*keys)
+        AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="True",
+        AIRFLOW__CELERY__WORKER_CONCURRENCY="2",
+        AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="30",
+        # A killed task is retried seconds later, not after the DAGs' two-minute retry delay.
+        H3OPS_RETRY_DELAY_S="2",
+    )
 
 
 def _get(api: AirflowAPI, path: str) -> dict:
@@ -214,7 +164,7 @@ def test_project_dags_on_celery_postgres_mlflow_s3(tmp_path, mlflow_server):
         # MLflow connection the tasks' MLflowHook reads.
         api.set_pool(names.GPU_POOL, 2, "GPU work")
         api.set_connection(names.MLFLOW_CONN_ID, "http", host=mlflow_server.url)
-        procs.wait_for(lambda: len(_sql(db, "SELECT 1 FROM dag WHERE dag_id IN (%s, %s)", (INGEST, LOOP))) == 2,
+        procs.wait_for(lambda: len(sql(db, "SELECT 1 FROM dag WHERE dag_id IN (%s, %s)", (INGEST, LOOP))) == 2,
                        "project DAGs parsed", 240, watched, every_s=1)
 
         # 1. Unpausing preference_ingest starts its scheduled run (catchup off: one run, now).
@@ -269,14 +219,14 @@ def test_project_dags_on_celery_postgres_mlflow_s3(tmp_path, mlflow_server):
         assert run["state"] == "success", (states, _log_tails(logs))
         assert set(states.values()) == {"success"}, states
         assert {f"train[{i}]" for i in range(3)} <= set(states)
-        tries = dict(_sql(db, "SELECT map_index, try_number FROM task_instance WHERE run_id = %s "
+        tries = dict(sql(db, "SELECT map_index, try_number FROM task_instance WHERE run_id = %s "
                               "AND task_id = 'train'", (loop_run,)))
         assert max(tries.values()) >= 2, tries  # the killed DPO task was retried, then succeeded
         for name in busy:  # and its retry resumed from the checkpoint the killed try had saved
             manifest = json.loads((tmp_path / "work" / "candidates" / name / "h3ops.json").read_text())
             assert manifest["parameters"]["resumed_from_step"] > 0, (name, manifest["parameters"])
         # The DPO and merge tasks ran on the gpu queue (the worker serves both queues).
-        gpu_tasks = _sql(db, "SELECT DISTINCT task_id FROM task_instance WHERE run_id = %s AND queue = %s",
+        gpu_tasks = sql(db, "SELECT DISTINCT task_id FROM task_instance WHERE run_id = %s AND queue = %s",
                          (loop_run, names.GPU_QUEUE))
         assert {"train", "merge", "evaluate"} <= {t for (t,) in gpu_tasks}
 
@@ -308,5 +258,5 @@ def test_project_dags_on_celery_postgres_mlflow_s3(tmp_path, mlflow_server):
         try:
             procs.stop(started, grace_s=10)
         finally:
-            _clear_redis(redis_db, prefix)
-            _drop(db)
+            clear_redis(redis_db, prefix)
+            drop_database(db)

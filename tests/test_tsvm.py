@@ -235,3 +235,21 @@ def test_runs_on_the_device_of_its_inputs():
     out = run("tsvm", base.cuda(), [c.cuda() for c in cands], svd_driver="randomized")
     assert out.device.type == "cuda"
     assert rel(out.cpu() - base, run("tsvm", base, cands) - base) < 1e-3
+
+
+def test_gram_driver_uses_float32_top_k_only_where_the_spectrum_allows():
+    from merging.svd import _gram_top_float32
+
+    def recon(t):
+        u, s, v = (a.double() for a in t)
+        return (u * s) @ v.T
+
+    gentle = decaying(120, 80, seed=4, decay=20.0)  # σ_k/σ_1 = e^-1 at k = 20
+    steep = decaying(120, 80, seed=5, decay=2.0)  # σ_k/σ_1 = e^-10 < 1 %
+    for x, k in ((gentle, 20), (gentle.T.contiguous(), 20), (steep, 20)):
+        exact = recon(top_svd(x.double(), k))
+        fast = top_svd(x, k, SVDOptions("gram"))
+        assert fast[0].dtype == torch.float32 and fast[0].shape == (x.shape[0], k)
+        assert rel(recon(fast), exact) < 1e-5
+    assert _gram_top_float32(gentle, 20) is not None
+    assert _gram_top_float32(steep, 20) is None  # float32 λ_k would be rounding: float64 route
