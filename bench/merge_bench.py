@@ -66,10 +66,12 @@ def write_config(path: Path, method: str, folders: list[Path], out_dtype: str = 
     lines = ["models:"]
     for c in cands:
         lines.append(f"  - model: {c}")
-        params = {"weight": 1.0} | ({"density": DENSITY[method]} if method in DENSITY else {})
+        params = ({} if method == "model_stock" else {"weight": 1.0}) | (
+            {"density": DENSITY[method]} if method in DENSITY else {})
         if method in ("della", "della_linear"):
             params["epsilon"] = 0.1
-        lines.append("    parameters: {" + ", ".join(f"{k}: {v}" for k, v in params.items()) + "}")
+        if params:
+            lines.append("    parameters: {" + ", ".join(f"{k}: {v}" for k, v in params.items()) + "}")
     lines += [f"merge_method: {method}", "dtype: float32", f"out_dtype: {out_dtype}", ""]
     if method != "linear":  # mergekit's linear would average the base in too (and want its weight)
         lines.insert(-1, f"base_model: {base}")

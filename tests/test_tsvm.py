@@ -111,6 +111,20 @@ def test_a_small_but_real_singular_value_of_a_square_basis_is_kept():
     x = ((q1 * sv) @ q2.T).float()
     _, _, deficient = polar_factors(x)
     assert not deficient
+    # Below the 4·eps cut but isolated (the next σ is far above rounding): still a real direction.
+    # Seen on the 30-layer bench at 3.46·eps; cutting it put that down_proj 3.8e-2 off float64.
+    eps = torch.finfo(torch.float32).eps
+    for ratio in (3.0, 3.5):
+        sv[-1] = ratio * eps
+        x = ((q1 * sv) @ q2.T).float()
+        smin = float(torch.linalg.svdvals(x)[-1] / torch.linalg.svdvals(x)[0])
+        assert 2 * eps < smin < 4 * eps  # the case under test: under the cut, over rounding
+        p, qh, deficient = polar_factors(x)
+        assert not deficient
+        assert rel((p @ qh).double(), q1 @ q2.T) < 1e-4
+    # A cluster of near-zero values (a duplicated block) is still cut.
+    dup = torch.cat([x[:, :20], x[:, :20]], 1)
+    assert polar_factors(dup)[2]
 
 
 def test_gram_polar_route_matches_the_svd_and_falls_back_when_it_must():
