@@ -28,6 +28,7 @@ DAG_ID = "h3ops_celery_probe"
 DAG_FILE = '''
 import json, os, time
 from datetime import datetime, timedelta
+from pathlib import Path
 from airflow.sdk import dag, task, get_current_context
 
 OUT = Path({out!r})
