@@ -225,13 +225,13 @@ def merge(config: dict | str | Path, out_dir: str | Path, *, seed: int = 0, devi
     run = _Run(cfg, readers, plan, seed, dev)
     # One thread reads ahead, one hashes the parents (whole folders) beside the merge, not before it.
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="h3ops-read")
-    threads = torch.get_num_threads()
-    if cfg.method.elementwise and dev.type == "cpu":
-        # Cache-sized blocks are memory-bound: one intra-op thread streams them fastest (measured,
-        # bench/README.md "Merging"), and the parents' hashing gets the other core.
-        torch.set_num_threads(1)
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="h3ops-digest")
+    threads = torch.get_num_threads()
     try:
+        if cfg.method.elementwise and dev.type == "cpu":
+            # Cache-sized blocks are memory-bound: one intra-op thread streams them fastest
+            # (measured, bench/README.md "Merging"), and the parents' hashing gets the other core.
+            torch.set_num_threads(1)
         digests = [hasher.submit(digest_dir, s.path) for s in specs]
         if cfg.method.prepass is not None:
             run.state.update(cfg.method.prepass(TaskStream(run)) or {})

@@ -11,7 +11,7 @@ def _weighted_sum(task: TensorTask, weights: list[float]) -> torch.Tensor:
     # The engine's own float32 copies (consumable) are scaled in place; w = 1 skips the product
     # (x·1 = x exactly), and the first term is then the engine's buffer itself.
     out = None
-    for i, (c, w) in enumerate(zip(task.candidates, weights)):
+    for c, w in zip(task.candidates, weights):
         if w != 1:
             scale = torch.tensor(w, dtype=c.dtype, device=c.device)
             part = c.mul_(scale) if task.consumable else c * scale
