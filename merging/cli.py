@@ -19,6 +19,8 @@ def _merge_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-shard-size", default="2GB", help="e.g. 2GB, 500MB, 1GiB")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--allow-pickle", action="store_true", help="also read pytorch_model.bin checkpoints (unsafe)")
+    p.add_argument("--allow-remote-code", action="store_true",
+                   help="accept inputs with *.py files or auto_map in config.json (copied to the output)")
     p.add_argument("--diagnostics", action="store_true",
                    help="also write diagnostics.json (sign conflicts, delta norms, sparsity; α_t, k_l, STI for "
                         "tsvm/r_tsvm) into the output folder and print a per-layer-type summary")
@@ -32,7 +34,8 @@ def merge_main(argv: list[str]) -> int:
 
     try:
         merge(args.config, args.out_dir, seed=args.seed, device=args.device, max_shard_size=args.max_shard_size,
-              overwrite=args.overwrite, allow_pickle=args.allow_pickle, progress=False if args.no_progress else None,
+              overwrite=args.overwrite, allow_pickle=args.allow_pickle,
+              allow_remote_code=args.allow_remote_code, progress=False if args.no_progress else None,
               diagnostics=args.diagnostics)
     except (MergeConfigError, MergeError, CheckpointError, FileExistsError, ValueError) as e:
         print(f"h3ops merge: error: {e}", file=sys.stderr)

@@ -14,6 +14,7 @@ Unknown keys, methods and parameters raise MergeConfigError naming them.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +32,7 @@ DTYPE_NAMES = {
 # Where a model reference that is not a local folder would be resolved (scheme → function giving a
 # local folder). The registry can add e.g. "s3" or "models" here; nothing is fetched by default.
 RESOLVERS: dict[str, Callable[[str], Path]] = {}
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
 
 
 @dataclass
@@ -56,10 +58,15 @@ class MergeConfig:
         return ([self.base] if self.base else []) + self.models
 
 
-def resolve_model(ref: Any, root: Path | None = None) -> Path:
-    """A model reference → a local checkpoint folder (the hook for s3:// and hub ids)."""
+def resolve_model(ref: Any, root: Path | None = None, resolve: Callable[[str], Path] | None = None) -> Path:
+    """A model reference → a local checkpoint folder (the hook for s3:// and hub ids).
+
+    `resolve`, when given, fetches references written as URIs (`models:/name/3`, `s3://…`; not
+    `file://`): the config keeps the URI, which is what h3ops.json records as the parent."""
     if not isinstance(ref, str) or not ref.strip():
         raise MergeConfigError(f"model reference must be a non-empty string, got {ref!r}")
+    if resolve is not None and _URI.match(ref) and not ref.startswith("file:"):
+        return Path(resolve(ref)).resolve()
     if "://" in ref:
         scheme = ref.split("://", 1)[0]
         if scheme in RESOLVERS:
@@ -113,8 +120,8 @@ def load_config(config: dict | str | Path) -> tuple[dict, Path | None]:
     return data, root
 
 
-def parse_config(config: dict | str | Path) -> MergeConfig:
-    """Validate everything that can be validated without reading a tensor."""
+def parse_config(config: dict | str | Path, resolve: Callable[[str], Path] | None = None) -> MergeConfig:
+    """Validate everything that can be validated without reading a tensor (see resolve_model)."""
     data, root = load_config(config)
     unknown = sorted(set(data) - TOP_KEYS)
     if unknown:
@@ -127,7 +134,7 @@ def parse_config(config: dict | str | Path) -> MergeConfig:
         raise MergeConfigError("config needs a non-empty list under 'models'")
     base = None
     if data.get("base_model") is not None:
-        base = ModelSpec(str(data["base_model"]), resolve_model(data["base_model"], root))
+        base = ModelSpec(str(data["base_model"]), resolve_model(data["base_model"], root, resolve))
     elif method.needs_base:
         raise MergeConfigError(f"merge_method {method.name} needs base_model")
     models: list[ModelSpec] = []
@@ -142,7 +149,7 @@ def parse_config(config: dict | str | Path) -> MergeConfig:
         params = entry.get("parameters") or {}
         if not isinstance(params, dict):
             raise MergeConfigError(f"models[{i}].parameters must be a mapping, got {params!r}")
-        spec = ModelSpec(str(entry["model"]), resolve_model(entry["model"], root), dict(params))
+        spec = ModelSpec(str(entry["model"]), resolve_model(entry["model"], root, resolve), dict(params))
         # mergekit drops the base from the candidates of a task-vector method (its delta is zero).
         if method.needs_base and base is not None and spec.path == base.path:
             continue
@@ -157,5 +164,5 @@ def parse_config(config: dict | str | Path) -> MergeConfig:
     if tok is not None and tok != "base":
         if tok == "union":
             raise MergeConfigError("tokenizer_source: 'union' (vocabulary merging) is not supported; use base or a model path")
-        tokenizer_source = resolve_model(tok, root)
+        tokenizer_source = resolve_model(tok, root, resolve)
     return MergeConfig(method, base, models, params, model_params, out_dtype, tokenizer_source, data)

@@ -12,12 +12,13 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
 from h3ops.checkpoint import MANIFEST, CheckpointError, Manifest, atomic_output_dir
 from h3ops.digest import digest_dir
+from h3ops.safe_checkpoint import check_checkpoint_folder
 from merging.config import MergeConfig, parse_config
 from merging.io import CheckpointReader, ShardedWriter, parse_size
 from merging.method import MergeConfigError, TensorTask
@@ -176,8 +177,10 @@ class _Run:
         return out
 
 
-def _copy_side_files(cfg: MergeConfig, ref: Path, dest: Path) -> None:
-    for fname in COPIED:
+def _copy_side_files(cfg: MergeConfig, ref: Path, dest: Path, allow_remote_code: bool) -> None:
+    # Inputs passed check_checkpoint_folder: no links to follow, and code only when allowed, in which
+    # case the code config.json's auto_map names comes along.
+    for fname in COPIED + (tuple(p.name for p in sorted(ref.glob("*.py"))) if allow_remote_code else ()):
         if (ref / fname).is_file():
             shutil.copy2(ref / fname, dest / fname)
     tok_root = cfg.tokenizer_source or ref
@@ -203,13 +206,19 @@ def _progress_bar(enabled: bool | None, total: int):
 
 def merge(config: dict | str | Path, out_dir: str | Path, *, seed: int = 0, device: str = "cpu",
           max_shard_size: str | int = "2GB", overwrite: bool = False, allow_pickle: bool = False,
-          progress: bool | None = None, diagnostics: bool = False) -> Path:
+          allow_remote_code: bool = False, progress: bool | None = None, diagnostics: bool = False,
+          resolve: Callable[[str], Path] | None = None) -> Path:
     """Merge the checkpoints a mergekit-style config names into `out_dir`; return the folder.
+
+    Every input (and the tokenizer source) must be plain data (h3ops.safe_checkpoint): no links,
+    no code unless `allow_remote_code`, no pickles unless `allow_pickle`. `resolve` maps model
+    references that are not local folders (e.g. `models:/name/3`) to local copies; h3ops.json
+    records the references as written, with the digests of what was read.
 
     `diagnostics`: also write diagnostics.json (per-tensor conflict statistics, inputs' digests)
     inside the folder, atomically with it, and print its per-layer-type summary."""
     start = time.perf_counter()
-    cfg = parse_config(config)
+    cfg = parse_config(config, resolve=resolve)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise MergeConfigError(f"seed must be an int, got {seed!r}")
     parse_size(max_shard_size)
@@ -220,6 +229,9 @@ def merge(config: dict | str | Path, out_dir: str | Path, *, seed: int = 0, devi
     specs = cfg.all_inputs
     if any(out.resolve() == s.path for s in specs):
         raise MergeConfigError(f"{out}: the output folder is one of the inputs")
+    for folder in dict.fromkeys([s.path for s in specs] + [cfg.tokenizer_source] * bool(cfg.tokenizer_source)):
+        check_checkpoint_folder(folder, allow_remote_code=allow_remote_code, allow_pickle=allow_pickle,
+                                weights=any(folder == s.path for s in specs))
     readers = [CheckpointReader(s.path, allow_pickle=allow_pickle) for s in specs]
     plan = _plan(cfg, readers)
     run = _Run(cfg, readers, plan, seed, dev)
@@ -261,7 +273,7 @@ def merge(config: dict | str | Path, out_dir: str | Path, *, seed: int = 0, devi
                         writer.write(name, run.compute(name, dtype, raw))
                     del raw
                     bar.update(_numel(shape))
-            _copy_side_files(cfg, specs[0].path, tmp)
+            _copy_side_files(cfg, specs[0].path, tmp, allow_remote_code)
             parents = [{"uri": s.ref, "digest": d.result(), "role": "base" if (cfg.base and s is cfg.base) else "candidate"}
                        for s, d in zip(specs, digests)]
             Manifest(kind="merged", produced_by="h3ops.merge", method=cfg.method.name, seed=seed, parents=parents,
