@@ -1,7 +1,8 @@
 """Checks a checkpoint folder must pass before anything is uploaded, and its lineage as tags.
 
 Refusing early is what keeps the registry clean: a folder without h3ops.json, with a pickle
-checkpoint or with a truncated safetensors file never reaches the artifact store.
+checkpoint, links, code, non-finite weights or a truncated safetensors file never reaches the
+artifact store (h3ops.safe_checkpoint). The idempotency key names inputs and content together.
 """
 from __future__ import annotations
 
