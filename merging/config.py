@@ -18,10 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from merging.method import MergeConfigError, MergeMethod, get_method
+from h3ops.suggest import did_you_mean
+from merging.method import MergeConfigError, MergeMethod, get_method, unsupported
 
 TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source"}
 MODEL_KEYS = {"model", "parameters"}
+# mergekit 0.1.5 config keys h3ops does not run yet: refused by name, never silently ignored.
+MERGEKIT_ONLY_KEYS = {
+    "slices": "`slices` (layer ranges, passthrough frankenmerges)",
+    "tokenizer": "`tokenizer:` (vocabulary building)",
+    "chat_template": "`chat_template`",
+    "modules": "`modules`",
+}
 DTYPE_NAMES = {
     "float32": "float32", "fp32": "float32", "float": "float32",
     "float16": "float16", "fp16": "float16", "half": "float16",
@@ -116,9 +124,13 @@ def load_config(config: dict | str | Path) -> tuple[dict, Path | None]:
 def parse_config(config: dict | str | Path) -> MergeConfig:
     """Validate everything that can be validated without reading a tensor."""
     data, root = load_config(config)
+    for key in data:
+        if key in MERGEKIT_ONLY_KEYS:
+            raise unsupported(MERGEKIT_ONLY_KEYS[key])
     unknown = sorted(set(data) - TOP_KEYS)
     if unknown:
-        raise MergeConfigError(f"unknown config key(s) {unknown}; known: {sorted(TOP_KEYS)}")
+        raise MergeConfigError(f"unknown config key(s) {unknown}{did_you_mean(unknown[0], TOP_KEYS)}; "
+                               f"known: {sorted(TOP_KEYS)}")
     if "merge_method" not in data:
         raise MergeConfigError("config has no merge_method")
     method = get_method(str(data["merge_method"]))
@@ -136,6 +148,8 @@ def parse_config(config: dict | str | Path) -> MergeConfig:
             entry = {"model": entry}
         if not isinstance(entry, dict) or "model" not in entry:
             raise MergeConfigError(f"models[{i}] must be a mapping with a 'model' key, got {entry!r}")
+        if "layer_range" in entry:
+            raise unsupported(f"models[{i}]: `layer_range`")
         bad = sorted(set(entry) - MODEL_KEYS)
         if bad:
             raise MergeConfigError(f"models[{i}]: unknown key(s) {bad}; known: {sorted(MODEL_KEYS)}")

@@ -19,6 +19,7 @@ import torch
 from h3ops.checkpoint import MANIFEST, CheckpointError, Manifest, atomic_output_dir
 from h3ops.digest import digest_dir
 from merging.config import MergeConfig, parse_config
+from merging.card import write_card
 from merging.io import CheckpointReader, ShardedWriter, parse_size
 from merging.method import MergeConfigError, TensorTask
 
@@ -264,6 +265,7 @@ def merge(config: dict | str | Path, out_dir: str | Path, *, seed: int = 0, devi
             _copy_side_files(cfg, specs[0].path, tmp)
             parents = [{"uri": s.ref, "digest": d.result(), "role": "base" if (cfg.base and s is cfg.base) else "candidate"}
                        for s, d in zip(specs, digests)]
+            write_card(tmp, method=cfg.method.name, parents=parents, raw_config=cfg.raw, seed=seed)
             Manifest(kind="merged", produced_by="h3ops.merge", method=cfg.method.name, seed=seed, parents=parents,
                      parameters={"global": cfg.params,
                                  "models": [{"model": m.ref, **p} for m, p in zip(cfg.models, cfg.model_params)]},
