@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from h3ops.suggest import did_you_mean
+from merging import settings
 from merging.method import MergeConfigError, MergeMethod, get_method, unsupported
 
 TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source"}
@@ -58,6 +59,19 @@ class MergeConfig:
     out_dtype: str | None
     tokenizer_source: Path | None
     raw: dict[str, Any]  # the config as given, recorded in h3ops.json
+    # The parameter settings as written when any is a gradient or a filter list (else None):
+    # `params_for` evaluates them per tensor (merging/settings.py).
+    per_tensor: tuple[dict[str, Any], list[dict[str, Any]]] | None = None
+
+    def params_for(self, tensor: str, t: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The resolved (global, per-model) parameters of one tensor at layer position t."""
+        if self.per_tensor is None:
+            return self.params, self.model_params
+        g, ms = self.per_tensor
+        try:
+            return self.method.resolve(settings.at(g, tensor, t), [settings.at(m, tensor, t) for m in ms])
+        except MergeConfigError as e:
+            raise MergeConfigError(f"tensor {tensor!r} (t = {t:.3g}): {e}") from None
 
     @property
     def all_inputs(self) -> list[ModelSpec]:
@@ -164,7 +178,7 @@ def parse_config(config: dict | str | Path) -> MergeConfig:
     global_params = data.get("parameters") or {}
     if not isinstance(global_params, dict):
         raise MergeConfigError(f"parameters must be a mapping, got {global_params!r}")
-    params, model_params = method.resolve(global_params, [m.parameters for m in models])
+    params, model_params, per_tensor = _resolve(method, global_params, [m.parameters for m in models])
     out_dtype = _dtype(data.get("out_dtype"), "out_dtype") or _dtype(data.get("dtype"), "dtype")
     tok = data.get("tokenizer_source")
     tokenizer_source = None
@@ -172,4 +186,24 @@ def parse_config(config: dict | str | Path) -> MergeConfig:
         if tok == "union":
             raise MergeConfigError("tokenizer_source: 'union' (vocabulary merging) is not supported; use base or a model path")
         tokenizer_source = resolve_model(tok, root)
-    return MergeConfig(method, base, models, params, model_params, out_dtype, tokenizer_source, data)
+    return MergeConfig(method, base, models, params, model_params, out_dtype, tokenizer_source, data, per_tensor)
+
+
+def _resolve(method: MergeMethod, global_params: dict, model_params: list[dict]):
+    """Resolve the parameters; gradients and filter lists are checked here (structure, and every value
+    they can take against the parameter's type) and evaluated per tensor later, before any write."""
+    rows = [("parameters", global_params)] + [(f"models[{i}].parameters", m) for i, m in enumerate(model_params)]
+    if not any(settings.is_per_tensor(v) for _, row in rows for v in row.values()):
+        return (*method.resolve(global_params, model_params), None)
+    by_name = {p.name: p for p in method.params}
+    for where, row in rows:
+        for k, v in row.items():
+            settings.check(v, f"{where}.{k}")
+            if settings.is_per_tensor(v) and k in by_name:
+                for leaf in settings.leaves(v):
+                    by_name[k].coerce(leaf, f"merge_method {method.name}, {where}")
+    # The first value of each setting stands for the whole config where one set is needed (a
+    # method's prepass, the recorded summary); every tensor gets its own through params_for.
+    params, per_model = method.resolve(settings.at(global_params, None, 0.0),
+                                       [settings.at(m, None, 0.0) for m in model_params])
+    return params, per_model, (dict(global_params), [dict(m) for m in model_params])

@@ -18,8 +18,9 @@ import torch
 
 from h3ops.checkpoint import MANIFEST, CheckpointError, Manifest, atomic_output_dir
 from h3ops.digest import digest_dir
-from merging.config import MergeConfig, parse_config
+from merging import settings
 from merging.card import write_card
+from merging.config import MergeConfig, parse_config
 from merging.io import CheckpointReader, ShardedWriter, parse_size
 from merging.method import MergeConfigError, TensorTask
 
@@ -113,6 +114,13 @@ class _Run:
         self.has_base = cfg.base is not None
         self.state: dict[str, Any] = {}
         self.collector = None  # a diagnostics Collector when asked for; None costs nothing per tensor
+        # Gradient / filter parameters: every tensor's own, resolved now so a bad value is named
+        # before anything is read or written.
+        self.tensor_params: dict[str, tuple[dict, list[dict]]] = {}
+        if cfg.per_tensor is not None:
+            at = settings.positions(n for n, _, _ in plan)
+            self.tensor_params = {n: cfg.params_for(n, at[n]) for n, dt, _ in plan
+                                  if readers[0].dtype(n).is_floating_point}
 
     def load(self, name: str) -> list[torch.Tensor]:
         """Raw values of one tensor from every input (base first when there is one)."""
@@ -133,7 +141,8 @@ class _Run:
             values.append(v)
         base = values[0] if self.has_base else None
         cands = values[1:] if self.has_base else values
-        return TensorTask(name, base, cands, self.cfg.params, self.cfg.model_params, self.seed, self.state)
+        params, model_params = self.tensor_params.get(name) or (self.cfg.params, self.cfg.model_params)
+        return TensorTask(name, base, cands, params, model_params, self.seed, self.state)
 
     def compute(self, name: str, out_dtype: torch.dtype, raw: list[torch.Tensor]) -> torch.Tensor:
         if not raw[0].dtype.is_floating_point:
@@ -268,7 +277,10 @@ def merge(config: dict | str | Path, out_dir: str | Path, *, seed: int = 0, devi
             write_card(tmp, method=cfg.method.name, parents=parents, raw_config=cfg.raw, seed=seed)
             Manifest(kind="merged", produced_by="h3ops.merge", method=cfg.method.name, seed=seed, parents=parents,
                      parameters={"global": cfg.params,
-                                 "models": [{"model": m.ref, **p} for m, p in zip(cfg.models, cfg.model_params)]},
+                                 "models": [{"model": m.ref, **p} for m, p in zip(cfg.models, cfg.model_params)],
+                                 # gradients and filter lists as written (the values above are their first)
+                                 **({"per_tensor": {"global": cfg.per_tensor[0], "models": cfg.per_tensor[1]}}
+                                    if cfg.per_tensor else {})},
                      settings={"config": cfg.raw, "out_dtype": cfg.out_dtype, "max_shard_size": str(max_shard_size),
                                "device": str(dev), "shards": writer.files}).write(tmp)
             if run.collector is not None:

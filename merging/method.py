@@ -25,7 +25,7 @@ class MergeConfigError(ValueError):
 
 
 # mergekit 0.1.5 methods h3ops does not implement: named as such, never as an unknown typo.
-MERGEKIT_ONLY_METHODS = ("passthrough", "slerp", "nuslerp", "karcher", "multislerp", "sce", "arcee_fusion",
+MERGEKIT_ONLY_METHODS = ("passthrough", "nuslerp", "karcher", "multislerp", "sce", "arcee_fusion",
                          "nearswap")
 
 
@@ -53,10 +53,6 @@ class Param:
 
     def coerce(self, value: Any, where: str) -> Any:
         """Check one value's type (ints are accepted for floats) and its allowed choices."""
-        if isinstance(value, list):
-            if value and all(isinstance(v, dict) for v in value):
-                raise unsupported(f"{where}: parameter {self.name!r}: `filter:` values per tensor name")
-            raise unsupported(f"{where}: parameter {self.name!r}: a gradient list {value!r} (values over layers)")
         for given, meaning in self.aliases:
             if type(value) is type(given) and value == given:
                 value = meaning

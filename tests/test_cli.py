@@ -89,13 +89,11 @@ def test_output_has_model_card_and_mergekit_config(tiny_base, tiny_candidates, t
 @pytest.mark.parametrize("edit,message", [
     (lambda c: {**c, "slices": [{"sources": [{"model": "x", "layer_range": [0, 2]}]}]},
      "`slices` (layer ranges, passthrough frankenmerges) is a mergekit feature h3ops does not support yet"),
-    (lambda c: {**c, "merge_method": "slerp"}, "merge_method 'slerp' is a mergekit method h3ops does not support yet"),
+    (lambda c: {**c, "merge_method": "karcher"}, "merge_method 'karcher' is a mergekit method h3ops does not support yet"),
     (lambda c: {**c, "merge_method": "tiez"}, "unknown merge_method 'tiez' (did you mean 'ties'?)"),
     (lambda c: {**c, "parameters": {"densty": 0.5}}, "unknown parameter(s) ['densty'] (did you mean 'density'?)"),
-    (lambda c: {**c, "parameters": {"density": [1, 0.7, 0.1]}},
-     "a gradient list [1, 0.7, 0.1] (values over layers) is a mergekit feature h3ops does not support yet"),
-    (lambda c: {**c, "parameters": {"density": [{"filter": "self_attn", "value": 0.5}, {"value": 0.3}]}},
-     "`filter:` values per tensor name is a mergekit feature h3ops does not support yet"),
+    (lambda c: {**c, "models": [{"model": m["model"], "layer_range": [0, 2]} for m in c["models"]]},
+     "models[0]: `layer_range` is a mergekit feature h3ops does not support yet"),
     (lambda c: {**c, "chat_template": "chatml"}, "`chat_template` is a mergekit feature h3ops does not support yet"),
 ])
 def test_unsupported_mergekit_features_are_named(tiny_base, tiny_candidates, tmp_path, edit, message):
