@@ -37,6 +37,31 @@ CONFIGS = {
         "models": [{"model": m, "parameters": {"weight": [{"filter": "mlp", "value": [0.2, 0.8]},
                                                           {"filter": "embed", "value": 0.1}, {"value": 0.5}]}}
                    for m in c], "dtype": "float32"},
+    "passthrough_frankenmerge": lambda b, c: {
+        "merge_method": "passthrough", "dtype": "float32",
+        "slices": [{"sources": [{"model": c[0], "layer_range": [0, 3]}]},
+                   {"sources": [{"model": c[1], "layer_range": [1, 4]}]}]},
+    "passthrough_scaled_by_filter": lambda b, c: {
+        "merge_method": "passthrough", "dtype": "float32",
+        "slices": [{"sources": [{"model": c[0], "layer_range": [0, 2]}]},
+                   {"sources": [{"model": c[2], "layer_range": [2, 4],
+                                 "parameters": {"scale": [{"filter": "o_proj", "value": 0.0},
+                                                          {"filter": "down_proj", "value": [1, 0.5]},
+                                                          {"value": 1.0}]}}]}]},
+    "slices_slerp_gradient": lambda b, c: {
+        "merge_method": "slerp", "base_model": b, "dtype": "float32",
+        "slices": [{"sources": [{"model": b, "layer_range": [0, 4]}, {"model": c[0], "layer_range": [0, 4]}]}],
+        "parameters": {"t": [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
+                             {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]}, {"value": 0.5}]}},
+    "slices_ties_per_slice": lambda b, c: {
+        "merge_method": "ties", "base_model": b, "dtype": "float32", "parameters": {"normalize": True},
+        "slices": [{"sources": [{"model": b, "layer_range": [0, 2]},
+                                {"model": c[0], "layer_range": [0, 2], "parameters": {"density": 0.5, "weight": 1.0}},
+                                {"model": c[1], "layer_range": [0, 2], "parameters": {"density": 0.7, "weight": 0.5}}]},
+                   {"sources": [{"model": b, "layer_range": [2, 4]},
+                                {"model": c[1], "layer_range": [2, 4], "parameters": {"weight": 1.0}},
+                                {"model": c[2], "layer_range": [2, 4], "parameters": {"weight": [0.2, 1.0]}}],
+                    "parameters": {"density": 0.4}}]},
     "linear_gradient_weights": lambda b, c: {
         "merge_method": "linear",
         "models": [{"model": c[0], "parameters": {"weight": [1, 0]}},

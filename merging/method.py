@@ -25,7 +25,7 @@ class MergeConfigError(ValueError):
 
 
 # mergekit 0.1.5 methods h3ops does not implement: named as such, never as an unknown typo.
-MERGEKIT_ONLY_METHODS = ("passthrough", "nuslerp", "karcher", "multislerp", "sce", "arcee_fusion",
+MERGEKIT_ONLY_METHODS = ("nuslerp", "karcher", "multislerp", "sce", "arcee_fusion",
                          "nearswap")
 
 

@@ -260,7 +260,7 @@ def test_bad_checkpoint_is_refused(edit, kind, message, tiny_base, tiny_candidat
     ({"merge_method": "tiess"}, r"unknown merge_method 'tiess'.*available"),
     ({"parameters": {"density": "high"}}, r"'density' must be float, got str"),
     ({"parameters": {"normalise": True}}, r"unknown parameter\(s\) \['normalise'\]"),
-    ({"slices": []}, r"`slices` \(layer ranges, passthrough frankenmerges\) is a mergekit feature h3ops does not support yet"),
+    ({"slices": []}, r"give either 'models' or 'slices', not both"),
     ({"layer_rangee": []}, r"unknown config key\(s\) \['layer_rangee'\]"),
     ({"parameters": {"rescale": "l2"}}, r"'rescale' must be one of"),
     ({"merge_method": "della", "parameters": {"epsilon": 0.6}}, "density \+ epsilon <= 1"),

@@ -102,3 +102,40 @@ def test_per_tensor_settings_recorded_in_lineage(models, tmp_path):
     cfg = agreement.CONFIGS["slerp_gradient_filters"](base, cands)
     out = merge(cfg, tmp_path / "o", progress=False)
     assert read_manifest(out).parameters["per_tensor"]["global"]["t"] == cfg["parameters"]["t"]
+
+
+def test_frankenmerge_loads_with_its_own_layer_count(models, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    base, cands = models
+    out = merge(agreement.CONFIGS["passthrough_frankenmerge"](base, cands), tmp_path / "fm", progress=False)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_hidden_layers == 6 and len(model.model.layers) == 6
+    # Output layer 3 is cand1's layer 1 (the second slice starts at its layer 1).
+    src = agreement.load(Path(cands[1]))["model.layers.1.mlp.up_proj.weight"]
+    assert torch.equal(model.model.layers[3].mlp.up_proj.weight.double(), src)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda b, c: [{"sources": [{"model": c[0], "layer_range": [0, 9]}]}], r"has no layer 4 \(layer_range \[0, 9\]\)"),
+    (lambda b, c: [{"sources": [{"model": c[0], "layer_range": [0, 2]}, {"model": c[1], "layer_range": [0, 3]}]}],
+     r"slices\[0\]: every source of a slice spans the same number of layers, got \[2, 3\]"),
+    (lambda b, c: [{"sources": [{"model": c[0], "layer_range": [2, 1]}]}], r"layer_range must be \[start, end\]"),
+    (lambda b, c: [{"sources": [{"model": c[0], "layer_range": [0, 2]}, {"model": c[1], "layer_range": [0, 2]}]}],
+     r"slices\[0\]: merge_method passthrough: takes exactly one input per tensor, got 2"),
+    (lambda b, c: [{"sources": [{"model": c[0], "layer_range": [0, 2]}], "weights": 1}],
+     r"slices\[0\]: unknown key\(s\) \['weights'\]"),
+])
+def test_bad_slices_are_named_before_any_write(models, tmp_path, edit, message):
+    base, cands = models
+    with pytest.raises(MergeConfigError, match=message):
+        merge({"merge_method": "passthrough", "slices": edit(base, cands)}, tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_task_vector_slices_need_the_base_in_every_slice(models, tmp_path):
+    base, cands = models
+    cfg = {"merge_method": "ties", "base_model": base,
+           "slices": [{"sources": [{"model": c, "layer_range": [0, 4], "parameters": {"density": 0.5}} for c in cands]}]}
+    with pytest.raises(MergeConfigError, match=r"slices\[0\]: merge_method ties needs base_model among the sources"):
+        merge(cfg, tmp_path / "o", progress=False)
