@@ -14,12 +14,23 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from h3ops.suggest import did_you_mean
+
 if TYPE_CHECKING:
     import torch
 
 
 class MergeConfigError(ValueError):
     """A merge configuration that cannot run; raised before any tensor is read."""
+
+
+# mergekit 0.1.5 methods h3ops does not implement: named as such, never as an unknown typo.
+MERGEKIT_ONLY_METHODS = ("nuslerp", "karcher", "multislerp", "sce", "arcee_fusion",
+                         "nearswap")
+
+
+def unsupported(feature: str) -> MergeConfigError:
+    return MergeConfigError(f"{feature} is a mergekit feature h3ops does not support yet")
 
 
 _REQUIRED = object()
@@ -121,7 +132,8 @@ class MergeMethod:
         where = f"merge_method {self.name}"
         unknown = sorted(set(global_params) - set(by_name))
         if unknown:
-            raise MergeConfigError(f"{where}: unknown parameter(s) {unknown}; known: {sorted(by_name)}")
+            raise MergeConfigError(f"{where}: unknown parameter(s) {unknown}{did_you_mean(unknown[0], by_name)}; "
+                                   f"known: {sorted(by_name)}")
         resolved = {}
         for p in self.params:
             if p.name in global_params:
@@ -185,7 +197,11 @@ def get_method(name: str) -> MergeMethod:
     try:
         return _METHODS[name]
     except KeyError:
-        raise MergeConfigError(f"unknown merge_method {name!r}; available: {sorted(_METHODS)}") from None
+        if name in MERGEKIT_ONLY_METHODS:
+            raise MergeConfigError(f"merge_method {name!r} is a mergekit method h3ops does not support yet; "
+                                   f"available: {sorted(_METHODS)}") from None
+        raise MergeConfigError(f"unknown merge_method {name!r}{did_you_mean(name, _METHODS)}; "
+                               f"available: {sorted(_METHODS)}") from None
 
 
 def available_methods() -> list[str]:
