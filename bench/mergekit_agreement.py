@@ -62,6 +62,26 @@ CONFIGS = {
                                 {"model": c[1], "layer_range": [2, 4], "parameters": {"weight": 1.0}},
                                 {"model": c[2], "layer_range": [2, 4], "parameters": {"weight": [0.2, 1.0]}}],
                     "parameters": {"density": 0.4}}]},
+    "nuslerp_with_base": lambda b, c: {
+        "merge_method": "nuslerp", "base_model": b, "dtype": "float32",
+        "models": [{"model": c[0], "parameters": {"weight": 0.7}}, {"model": c[1], "parameters": {"weight": 0.3}}]},
+    "nuslerp_row_wise_no_base": lambda b, c: {
+        "merge_method": "nuslerp", "dtype": "float32",
+        "parameters": {"nuslerp_flatten": False, "nuslerp_row_wise": True},
+        "models": [{"model": c[0], "parameters": {"weight": 1.0}}, {"model": c[2], "parameters": {"weight": 2.0}}]},
+    "multislerp_with_base": lambda b, c: {
+        "merge_method": "multislerp", "base_model": b, "dtype": "float32",
+        "models": [{"model": m, "parameters": {"weight": w}} for m, w in zip(c, [0.5, 0.3, 0.2])]},
+    "karcher": lambda b, c: {
+        "merge_method": "karcher", "dtype": "float32", "models": [{"model": m} for m in c]},
+    "sce_topk": lambda b, c: {
+        "merge_method": "sce", "base_model": b, "dtype": "float32", "parameters": {"select_topk": 0.5},
+        "models": [{"model": m} for m in c]},
+    "arcee_fusion": lambda b, c: {
+        "merge_method": "arcee_fusion", "base_model": b, "dtype": "float32", "models": [{"model": b}, {"model": c[0]}]},
+    "nearswap": lambda b, c: {
+        "merge_method": "nearswap", "base_model": b, "dtype": "float32", "parameters": {"t": 0.001},
+        "models": [{"model": b}, {"model": c[1]}]},
     "linear_gradient_weights": lambda b, c: {
         "merge_method": "linear",
         "models": [{"model": c[0], "parameters": {"weight": [1, 0]}},

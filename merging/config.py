@@ -85,7 +85,7 @@ class MergeConfig:
 
     def candidate_sources(self, sl: Slice) -> list[Source]:
         """A slice's sources the method sees as candidates (all but the base for task-vector methods)."""
-        return [src for src in sl.sources if not (self.method.needs_base and self.base and src.index == 0)]
+        return [src for src in sl.sources if not (self.method.uses_base and self.base and src.index == 0)]
 
     @property
     def all_inputs(self) -> list[ModelSpec]:
@@ -216,7 +216,7 @@ def _model_inputs(models_raw: Any, method: MergeMethod, base: ModelSpec | None, 
             raise MergeConfigError(f"models[{i}].parameters must be a mapping, got {params!r}")
         spec = ModelSpec(str(entry["model"]), resolve_model(entry["model"], root, resolve), dict(params))
         # mergekit drops the base from the candidates of a task-vector method (its delta is zero).
-        if method.needs_base and base is not None and spec.path == base.path:
+        if method.uses_base and base is not None and spec.path == base.path:
             continue
         models.append(spec)
     return models
@@ -240,9 +240,9 @@ def _slice_inputs(raw: Any, method: MergeMethod, base: ModelSpec | None, root: P
 
     slices = parse_slices(raw, index_of)
     for i, sl in enumerate(slices):
-        if method.needs_base:
-            if not any(src.index == 0 for src in sl.sources):
-                raise MergeConfigError(f"slices[{i}]: merge_method {method.name} needs base_model among the sources")
+        if method.needs_base and not any(src.index == 0 for src in sl.sources):
+            raise MergeConfigError(f"slices[{i}]: merge_method {method.name} needs base_model among the sources")
+        if method.uses_base:
             sl.sources.sort(key=lambda src: src.index != 0)  # the base first, as the engine expects
     return models, slices
 
@@ -256,7 +256,7 @@ def _resolve_slices(method: MergeMethod, base: ModelSpec | None, global_params: 
     _check_settings(method, rows)
     first = None
     for i, sl in enumerate(slices):
-        cands = [src for src in sl.sources if not (method.needs_base and base and src.index == 0)]
+        cands = [src for src in sl.sources if not (method.uses_base and base and src.index == 0)]
         try:
             resolved = method.resolve({**settings.at(global_params, None, 0.0), **settings.at(sl.params, None, 0.0)},
                                       [settings.at(src.params, None, 0.0) for src in cands])

@@ -125,7 +125,6 @@ class _Run:
                  device: torch.device):
         self.cfg, self.readers, self.plan, self.seed, self.device = cfg, readers, plan, seed, device
         self.sources: dict[str, slices.Planned] = sources
-        self.has_base = cfg.base is not None and (cfg.slices is None or cfg.method.needs_base)
         self.state: dict[str, Any] = {}
         self.collector = None  # a diagnostics Collector when asked for; None costs nothing per tensor
         # Gradient / filter parameters and slices: every tensor's own, resolved now so a bad value is
@@ -134,6 +133,12 @@ class _Run:
         if cfg.per_tensor is not None:
             self.tensor_params = {n: cfg.params_for(n, sources[n].t, sources[n].slice) for n, dt, _ in plan
                                   if dt.is_floating_point}
+
+    def has_base(self, name: str) -> bool:
+        """Is this tensor's first input the base (the method's origin, not a candidate)?"""
+        if self.cfg.slices is None:
+            return self.cfg.base is not None
+        return self.cfg.base is not None and self.cfg.method.uses_base and self.sources[name].inputs[0][0] == 0
 
     def inputs(self, name: str) -> list:
         """The ModelSpecs one tensor's values come from, in load order (base first when there is one)."""
@@ -156,8 +161,9 @@ class _Run:
             v = t.to(self.device, torch.float32, non_blocking=True)
             raw[i] = None  # drop the stored-dtype copy now: peak memory is set by the largest tensor
             values.append(v)
-        base = values[0] if self.has_base else None
-        cands = values[1:] if self.has_base else values
+        has_base = self.has_base(name)
+        base = values[0] if has_base else None
+        cands = values[1:] if has_base else values
         params, model_params = self.tensor_params.get(name) or (self.cfg.params, self.cfg.model_params)
         return TensorTask(name, base, cands, params, model_params, self.seed, self.state)
 
@@ -343,7 +349,7 @@ def _write_diagnostics(run: _Run, parents: list[dict], tmp: Path, max_shard_size
     from merging.diagnostics import DIAGNOSTICS, write_report
 
     settings = {"config": run.cfg.raw, "seed": run.seed, "device": str(dev), "max_shard_size": str(max_shard_size),
-                "has_base": run.has_base}
+                "has_base": run.cfg.base is not None}
     report = run.collector.report(parents, settings=settings)
     write_report(report, tmp / DIAGNOSTICS)
     return report["summary"]

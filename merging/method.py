@@ -25,8 +25,7 @@ class MergeConfigError(ValueError):
 
 
 # mergekit 0.1.5 methods h3ops does not implement: named as such, never as an unknown typo.
-MERGEKIT_ONLY_METHODS = ("nuslerp", "karcher", "multislerp", "sce", "arcee_fusion",
-                         "nearswap")
+MERGEKIT_ONLY_METHODS = ("ram", "ramplus_tl")
 
 
 def unsupported(feature: str) -> MergeConfigError:
@@ -125,6 +124,13 @@ class MergeMethod:
     # arithmetic): the engine may then hand the function any contiguous slice of a tensor, flattened.
     # It streams large tensors through it in cache-sized blocks instead of whole float32 copies.
     elementwise: bool = False
+    # True when the method works with or without a base (nuslerp, multislerp): given, the base is
+    # the origin and never one of the candidates.
+    optional_base: bool = False
+
+    @property
+    def uses_base(self) -> bool:
+        return self.needs_base or self.optional_base
 
     def resolve(self, global_params: dict[str, Any], model_params: list[dict[str, Any]]) -> tuple[dict, list[dict]]:
         """Validate names and types; fill defaults. Errors name the method and the parameter."""
@@ -172,14 +178,14 @@ _METHODS: dict[str, MergeMethod] = {}
 
 def register(name: str, params: list[Param] | tuple[Param, ...] = (), *, needs_base: bool = True,
              min_models: int = 1, prepass: Callable | None = None, validate: Callable | None = None,
-             elementwise: bool = False):
+             elementwise: bool = False, optional_base: bool = False):
     """Decorator: register `fn(task) -> tensor` as merge method `name`."""
 
     def wrap(fn):
         if name in _METHODS:
             raise ValueError(f"merge method {name!r} registered twice")
         _METHODS[name] = MergeMethod(name, fn, tuple(params), needs_base, min_models, prepass, validate,
-                                     elementwise)
+                                     elementwise, optional_base)
         return fn
 
     return wrap
