@@ -57,9 +57,15 @@ class RunCgroup:
             return None
         return cls(dirs)
 
-    def procs_files(self) -> list[int]:
-        """Write-only fds of every `cgroup.procs`; the child writes "0" (itself) into each before exec."""
-        return [os.open(d / "cgroup.procs", os.O_WRONLY) for d in self.dirs.values()]
+    def enter_cmd(self) -> list[str]:
+        """A prefix that moves itself into this cgroup, then execs the rest of the command line.
+
+        A shell rather than Popen's preexec_fn: preexec_fn makes Python fork() the whole evaluator
+        (a loaded model and all) instead of vfork()ing it.
+        """
+        n = len(self.dirs)
+        script = "".join(f'echo 0 > "${i}" && ' for i in range(1, n + 1)) + f'shift {n} && exec "$@"'
+        return ["/bin/sh", "-c", script, "h3ops-cgroup", *(str(d / "cgroup.procs") for d in self.dirs.values())]
 
     def oom_kills(self) -> int:
         try:
@@ -85,7 +91,7 @@ class RunCgroup:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            time.sleep(0.01)
+            time.sleep(0.002)
 
     def remove(self) -> None:
         self.kill_all()
@@ -100,4 +106,4 @@ class RunCgroup:
                 except OSError:
                     if time.monotonic() > deadline:
                         break
-                    time.sleep(0.01)
+                    time.sleep(0.002)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import json
+import marshal
 import os
 import secrets
 import selectors
@@ -201,7 +202,6 @@ class Sandbox:
         os.write(tok_w, token)
         os.close(tok_w)
         fds = (cfg_r, res_w, tok_r)
-        cg_fds = cg.procs_files() if cg else []
         workdir = None
         if self._bwrap:
             cmd = _bwrap_cmd(self._bwrap, lim)
@@ -211,16 +211,16 @@ class Sandbox:
         t0 = time.monotonic()
         try:
             proc = subprocess.Popen(
-                [*cmd, *map(str, fds)], cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, pass_fds=fds, start_new_session=True, env=dict(_ENV),
-                preexec_fn=functools.partial(_enter_cgroup, cg_fds) if cg_fds else None)
+                [*(cg.enter_cmd() if cg else []), *cmd, *map(str, fds)], cwd=workdir, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=fds, start_new_session=True,
+                env=dict(_ENV))
         finally:
-            for fd in (cfg_r, res_w, tok_r, *cg_fds):
+            for fd in (cfg_r, res_w, tok_r):
                 os.close(fd)
         try:
             try:
                 with os.fdopen(cfg_w, "wb") as f:
-                    f.write(json.dumps(cfg).encode())
+                    f.write(marshal.dumps(cfg))
             except BrokenPipeError:
                 pass  # the sandbox died at startup; its stderr says why
             out, err, result, note = self._collect(proc, res_r, t0)
@@ -234,7 +234,7 @@ class Sandbox:
                 shutil.rmtree(workdir, ignore_errors=True)
         wall = time.monotonic() - t0
         rc = proc.returncode
-        if note.startswith("timeout") or rc == 3:
+        if note.startswith("timeout") or rc in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
             status, note = "timeout", note or "CPU time limit"
         elif not result.startswith(b"S") or rc == 126:
             status = "error"  # the sandbox never reached the program
@@ -271,11 +271,6 @@ class Sandbox:
                     break
         os.close(res_r)
         return bytes(bufs[proc.stdout.fileno()]), bytes(bufs[proc.stderr.fileno()]), bytes(bufs[res_r]), note
-
-
-def _enter_cgroup(procs_fds: list[int]) -> None:  # in the child between fork and exec
-    for fd in procs_fds:
-        os.write(fd, b"0")
 
 
 def _descendants(pid: int) -> list[int]:
