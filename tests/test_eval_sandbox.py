@@ -281,10 +281,19 @@ def test_malformed_isolation_line_does_not_crash_the_caller(box):
     assert r.passed and r.stdout.strip() == "1"
 
 
-def test_memory_is_bounded_across_forked_children():
+@pytest.mark.parametrize("bound", ["cgroup", "rlimit"])
+def test_memory_is_bounded_across_forked_children(bound, monkeypatch):
     # The attack (six children of 900 MB against 1 GiB) scaled down 6x, since page faults are
     # slow on this VM (5.8 s to touch 900 MB): six children of 150 MB against a 192 MiB limit.
-    box = Sandbox(Limits(timeout_s=40, cpu_s=20, memory_bytes=192 << 20, processes=16))
+    # `rlimit`: a host without writable cgroups, where RLIMIT_AS x RLIMIT_NPROC is the bound.
+    if bound == "rlimit":
+        monkeypatch.setattr(sbx.RunCgroup, "create", classmethod(lambda cls, *a: None))
+    else:
+        cg = sbx.RunCgroup.create(1 << 30, 8)
+        if cg is None:
+            pytest.skip("no writable cgroup v1 memory/pids hierarchy here")
+        cg.remove()
+    box = Sandbox(Limits(timeout_s=40, cpu_s=20, memory_bytes=192 << 20, processes=4 if bound == "rlimit" else 16))
     # Each child touches its 150 MB and reports; the parent counts how many hold it at once.
     prog = ("import os, time\nr, w = os.pipe()\npids = []\nfor _ in range(6):\n    pid = os.fork()\n"
             "    if pid == 0:\n        try:\n            b = bytearray(150 << 20)\n"
@@ -299,6 +308,7 @@ def test_memory_is_bounded_across_forked_children():
     words = r.stdout.split()
     holders = min(int(words[1]), int(words[3])) if len(words) == 4 else 0
     assert holders <= 1, f"{holders} children held 150 MB each at once: {r.stdout!r}"
+    assert ("cgroup" if bound == "cgroup" else "RLIMIT_AS") in r.isolation["memory_bound"]
 
 
 def test_output_is_read_incrementally_and_cut():
