@@ -82,7 +82,7 @@ class RunCgroup:
         except (OSError, KeyError):
             return []
 
-    def kill_all(self, within_s: float = 1.0) -> None:
+    def kill_all(self, within_s: float = 0.5) -> None:
         """SIGKILL every member until none is left (new forks are caught on the next pass)."""
         deadline = time.monotonic() + within_s
         while (pids := self.pids()) and time.monotonic() < deadline:
@@ -96,7 +96,7 @@ class RunCgroup:
     def remove(self) -> None:
         self.kill_all()
         for d in self.dirs.values():
-            deadline = time.monotonic() + 1.0
+            deadline = time.monotonic() + 0.3
             while True:  # rmdir fails while the last killed members are still exiting
                 try:
                     d.rmdir()

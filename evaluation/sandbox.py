@@ -223,11 +223,12 @@ class Sandbox:
                     f.write(marshal.dumps(cfg))
             except BrokenPipeError:
                 pass  # the sandbox died at startup; its stderr says why
+            note = "setup"  # until collected: an exception in between must still kill the run
             out, err, result, note = self._collect(proc, res_r, t0)
             if cg and cg.oom_kills():
                 note = note or "memory limit: the run cgroup's OOM killer stopped a process"
         finally:
-            _kill_run(proc, cg, self._bwrap is not None)
+            _kill_run(proc, cg, self._bwrap is not None, ended=not note)
             if cg:
                 cg.remove()
             if workdir:
@@ -288,8 +289,15 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def _kill_run(proc: subprocess.Popen, cg: RunCgroup | None, namespaced: bool) -> None:
-    """Every process of the run dead, then the pipes closed; bounded to about a second."""
+def _kill_run(proc: subprocess.Popen, cg: RunCgroup | None, namespaced: bool, ended: bool) -> None:
+    """Every process of the run dead, then the pipes closed; bounded to about a second.
+
+    `ended`: every pipe reached EOF, so the run is exiting by itself: give it a moment first."""
+    if ended:
+        try:
+            proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass
     if proc.poll() is None:  # still ours (not reaped), so its pid cannot have been reused
         if cg:
             cg.kill_all()
