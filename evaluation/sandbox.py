@@ -214,17 +214,18 @@ class Sandbox:
                 [*(cg.enter_cmd() if cg else []), *cmd, *map(str, fds)], cwd=workdir, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=fds, start_new_session=True,
                 env=dict(_ENV))
+        except BaseException:
+            for fd in (cfg_w, res_r):
+                os.close(fd)
+            if cg:
+                cg.remove()
+            raise
         finally:
             for fd in (cfg_r, res_w, tok_r):
                 os.close(fd)
         try:
-            try:
-                with os.fdopen(cfg_w, "wb") as f:
-                    f.write(marshal.dumps(cfg))
-            except BrokenPipeError:
-                pass  # the sandbox died at startup; its stderr says why
             note = "setup"  # until collected: an exception in between must still kill the run
-            out, err, result, note = self._collect(proc, res_r, t0)
+            out, err, result, note = self._collect(proc, res_r, cfg_w, marshal.dumps(cfg), t0)
             if cg and cg.oom_kills():
                 note = note or "memory limit: the run cgroup's OOM killer stopped a process"
         finally:
@@ -245,21 +246,34 @@ class Sandbox:
         return RunResult(status, rc, out.decode(errors="replace"), err_s, round(wall, 3),
                          {"memory_bound": bound}, note)
 
-    def _collect(self, proc, res_r: int, t0: float) -> tuple[bytes, bytes, bytes, str]:
-        """Read stdout, stderr and the result pipe as they come, up to the caps and the deadline."""
+    def _collect(self, proc, res_r: int, cfg_w: int, cfg: bytes, t0: float) -> tuple[bytes, bytes, bytes, str]:
+        """Feed the config and read stdout, stderr and the result pipe as they come, up to the caps
+        and the deadline (a sandbox that never reads its config cannot block us either)."""
         cap = self.limits.output_bytes
         bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray(), res_r: bytearray()}
         note = ""
         deadline = t0 + self.limits.timeout_s
+        os.set_blocking(cfg_w, False)
         with selectors.DefaultSelector() as sel:
             for fd in bufs:
                 sel.register(fd, selectors.EVENT_READ)
+            sel.register(cfg_w, selectors.EVENT_WRITE)
             while sel.get_map():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     note = f"timeout after {self.limits.timeout_s} s"
                     break
                 for key, _ in sel.select(left):
+                    if key.fd == cfg_w:
+                        try:
+                            cfg = cfg[os.write(cfg_w, cfg[:1 << 16]):]
+                        except BrokenPipeError:  # the sandbox died at startup; its stderr says why
+                            cfg = b""
+                        if not cfg:
+                            sel.unregister(cfg_w)
+                            os.close(cfg_w)
+                            cfg_w = -1
+                        continue
                     chunk = os.read(key.fd, 1 << 16)
                     if not chunk:
                         sel.unregister(key.fd)
@@ -270,7 +284,9 @@ class Sandbox:
                         note = note or f"output over {cap} bytes: run stopped"
                 if note:
                     break
-        os.close(res_r)
+        for fd in (res_r, cfg_w):
+            if fd >= 0:
+                os.close(fd)
         return bytes(bufs[proc.stdout.fileno()]), bytes(bufs[proc.stderr.fileno()]), bytes(bufs[res_r]), note
 
 

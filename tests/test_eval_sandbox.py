@@ -58,6 +58,11 @@ def test_cannot_write_outside_its_temp_dir(box):
     assert ok.passed and ok.stdout.strip() == "x"
 
 
+def test_program_larger_than_a_pipe_buffer_runs(box):
+    r = box.run_python("# padding\n" * 30000 + "print('big')")  # 300 KB through the config pipe
+    assert r.passed and r.stdout.strip() == "big"
+
+
 def test_infinite_loop_is_stopped(box):
     t0 = time.monotonic()
     r = box.run_python("while True:\n    pass")
