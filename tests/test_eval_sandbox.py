@@ -24,7 +24,9 @@ def box():
 def test_runs_code_and_reports_isolation(box):
     r = box.run_python("print(sum(range(10)))")
     assert r.passed and r.stdout.strip() == "45"
-    assert r.isolation["network_isolated"] and r.isolation["readonly_fs"] and not r.isolation["degraded"]
+    iso = r.isolation
+    assert iso["network_isolated"] and iso["readonly_fs"] and not iso["degraded"] and iso["backend"] == "bwrap"
+    assert iso["host_sockets_hidden"] and iso["pid_namespace"] and iso["clean_env"] and iso["uid"] == sbx.NOBODY
 
 
 def test_no_network_even_to_loopback_listener(box):
@@ -183,6 +185,15 @@ def test_unix_socket_in_system_temp_is_unreachable(box):
     finally:
         srv.close()
         os.unlink(path)
+
+
+def test_abstract_unix_socket_is_unreachable(box):
+    name = f"h3ops-sbx-abstract-{os.getpid()}-{time.monotonic_ns()}"
+    with socket.socket(socket.AF_UNIX) as srv:
+        srv.bind("\0" + name)
+        srv.listen(1)
+        r = box.run_python(_connect_unix("\0" + name))
+    assert not r.passed and "connected" not in r.stdout
 
 
 def test_host_processes_are_invisible(box):
