@@ -34,20 +34,26 @@ def fail(msg):
 
 
 def run_program(source, result_fd, token_fd):
-    sys.argv = ["prog.py"]
+    """Never returns: whatever the program does (even to stdout or the hooks), this process ends here."""
+    completed = False
     try:
-        exec(compile(source, "prog.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except SystemExit:  # an exit is not a completed program, whatever its code
-        sys.stdout.flush()
-        os._exit(1)
-    except BaseException as e:
-        sys.excepthook(type(e), e, e.__traceback__.tb_next)  # from the program's first frame on
-        sys.stderr.flush()
-        os._exit(1)
-    os.write(result_fd, os.read(token_fd, 256))
-    os._exit(0)
+        sys.argv = ["prog.py"]
+        try:
+            exec(compile(source, "prog.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+            completed = True
+        except SystemExit:  # an exit is not a completed program, whatever its code
+            pass
+        except BaseException as e:
+            sys.excepthook(type(e), e, e.__traceback__.tb_next)  # from the program's first frame on
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                completed = False
+        if completed:
+            os.write(result_fd, os.read(token_fd, 256))
+    finally:
+        os._exit(0 if completed else 1)
 
 
 def children():
