@@ -20,17 +20,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from h3ops.suggest import did_you_mean
-from merging import settings
+from merging import chat_templates, settings
 from merging.slices import Slice, Source
 from merging.slices import parse as parse_slices
 from merging.method import MergeConfigError, MergeMethod, get_method, unsupported
 
-TOP_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source"}
+TOP_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source",
+            "chat_template"}
 MODEL_KEYS = {"model", "parameters"}
 # mergekit 0.1.5 config keys h3ops does not run yet: refused by name, never silently ignored.
 MERGEKIT_ONLY_KEYS = {
     "tokenizer": "`tokenizer:` (vocabulary building)",
-    "chat_template": "`chat_template`",
     "modules": "`modules`",
 }
 DTYPE_NAMES = {
@@ -66,6 +66,7 @@ class MergeConfig:
     # `params_for` evaluates them per tensor (merging/settings.py).
     per_tensor: tuple[dict[str, Any], list[dict[str, Any]]] | None = None
     slices: list[Slice] | None = None  # mergekit's `slices:` (merging/slices.py); None for `models:`
+    chat_template: str | None = None  # a name, "auto" or a Jinja template (merging/chat_templates.py)
 
     def params_for(self, tensor: str, t: float, slice_index: int | None = None) -> tuple[dict, list[dict]]:
         """The resolved (global, per-model) parameters of one tensor at layer position t."""
@@ -193,7 +194,7 @@ def parse_config(config: dict | str | Path, resolve: Callable[[str], Path] | Non
             raise MergeConfigError("tokenizer_source: 'union' (vocabulary merging) is not supported; use base or a model path")
         tokenizer_source = resolve_model(tok, root, resolve)
     return MergeConfig(method, base, models, params, model_params, out_dtype, tokenizer_source, data, per_tensor,
-                       slices)
+                       slices, chat_templates.check(data.get("chat_template")))
 
 
 def _model_inputs(models_raw: Any, method: MergeMethod, base: ModelSpec | None, root: Path | None,

@@ -19,7 +19,7 @@ import torch
 from h3ops.checkpoint import MANIFEST, CheckpointError, Manifest, atomic_output_dir
 from h3ops.digest import digest_dir
 from h3ops.safe_checkpoint import check_checkpoint_folder
-from merging import settings, slices
+from merging import chat_templates, settings, slices
 from merging.card import write_card
 from merging.config import MergeConfig, parse_config
 from merging.io import CheckpointReader, ShardedWriter, parse_size
@@ -221,6 +221,7 @@ def _copy_side_files(cfg: MergeConfig, ref: Path, dest: Path, allow_remote_code:
     for fname in TOKENIZER_FILES:
         if (tok_root / fname).is_file():
             shutil.copy2(tok_root / fname, dest / fname)
+    chat_templates.write(cfg.chat_template, [s.path for s in cfg.all_inputs], dest)
     conf = dest / "config.json"
     if (cfg.out_dtype or n_layers is not None) and conf.is_file():
         data = json.loads(conf.read_text())

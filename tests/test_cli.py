@@ -94,7 +94,6 @@ def test_output_has_model_card_and_mergekit_config(tiny_base, tiny_candidates, t
     (lambda c: {**c, "parameters": {"densty": 0.5}}, "unknown parameter(s) ['densty'] (did you mean 'density'?)"),
     (lambda c: {**c, "models": [{"model": m["model"], "layer_range": [0, 2]} for m in c["models"]]},
      "models[0]: layer_range belongs to a source under 'slices'"),
-    (lambda c: {**c, "chat_template": "chatml"}, "`chat_template` is a mergekit feature h3ops does not support yet"),
 ])
 def test_unsupported_mergekit_features_are_named(tiny_base, tiny_candidates, tmp_path, edit, message):
     cfg = edit({"merge_method": "ties", "base_model": str(tiny_base),

@@ -139,3 +139,36 @@ def test_task_vector_slices_need_the_base_in_every_slice(models, tmp_path):
            "slices": [{"sources": [{"model": c, "layer_range": [0, 4], "parameters": {"density": 0.5}} for c in cands]}]}
     with pytest.raises(MergeConfigError, match=r"slices\[0\]: merge_method ties needs base_model among the sources"):
         merge(cfg, tmp_path / "o", progress=False)
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("chatml", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"),
+    ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}", "<user>hi"),
+])
+def test_chat_template_is_the_merged_tokenizers(models, tmp_path, value, expected):
+    from transformers import AutoTokenizer
+
+    base, cands = models
+    cfg = {**agreement.CONFIGS["karcher"](base, cands), "chat_template": value}
+    out = merge(cfg, tmp_path / "o", progress=False)
+    tok = AutoTokenizer.from_pretrained(out)
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert text == expected
+
+
+def test_chat_template_auto_takes_the_inputs_shared_one(models, tmp_path):
+    from transformers import AutoTokenizer
+
+    base, cands = models
+    want = AutoTokenizer.from_pretrained(cands[0]).apply_chat_template([{"role": "user", "content": "hi"}],
+                                                                       tokenize=False)
+    out = merge({**agreement.CONFIGS["karcher"](base, cands), "chat_template": "auto"}, tmp_path / "o", progress=False)
+    got = AutoTokenizer.from_pretrained(out).apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert got == want
+
+
+def test_unknown_chat_template_is_refused_before_any_write(models, tmp_path):
+    base, cands = models
+    with pytest.raises(MergeConfigError, match="chat_template 'chatmel': not a known name"):
+        merge({**agreement.CONFIGS["karcher"](base, cands), "chat_template": "chatmel"}, tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists()
