@@ -91,18 +91,23 @@ def registered(mlflow_sqlite, tiny_candidates):
     return reg, project, refs
 
 
-@pytest.fixture(scope="module")
-def server(registered, tmp_path_factory):
-    reg, project, refs = registered
-    root = tmp_path_factory.mktemp("serve")
+def _serve(reg: Registry, project: str, root: Path, poll_interval: float):
+    """`h3ops serve` as a real process; yields its base URL once /health says a version is loaded."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "h3ops.cli", "serve", "--project", project, "--tracking-uri", reg.tracking_uri,
-           "--host", "127.0.0.1", "--port", str(port), "--poll-interval", "0.5", "--cache-dir", str(root / "cache")]
+           "--host", "127.0.0.1", "--port", str(port), "--poll-interval", str(poll_interval),
+           "--cache-dir", str(root / "cache")]
     base = f"http://127.0.0.1:{port}"
     with process_group(cmd, root / "serve.log", env) as proc:
         wait_until(lambda: _get(f"{base}/health")["status"] == "ok", "h3ops serve", 180, proc, root / "serve.log")
         yield base, root / "serve.log"
+
+
+@pytest.fixture
+def server(registered, tmp_path):
+    reg, project, _ = registered
+    yield from _serve(reg, project, tmp_path, poll_interval=0.5)
 
 
 def test_follows_promotion_rollback_and_refuses_a_corrupted_version(registered, server, mlflow_sqlite):
@@ -160,3 +165,67 @@ def test_follows_promotion_rollback_and_refuses_a_corrupted_version(registered, 
     runs = [d for i, d in enumerate(digests) if i == 0 or d != digests[i - 1]]
     assert runs == [d1, d2, d1], runs
     assert digests[-1] == d1
+
+
+# --- the hand-off from the promote_to_serving DAG, and the judges pointed at the server -----------
+
+@pytest.fixture(scope="module")
+def handoff_only(mlflow_sqlite, tiny_candidates, tmp_path_factory):
+    """A server that does not poll: only the DAG's hand-off can make it switch."""
+    reg = Registry(mlflow_sqlite.url)
+    project = unique("handoff")
+    refs = [reg.register_checkpoint(f, project=project, kind="merged", method="linear") for f in tiny_candidates]
+    _manual(reg, project, refs[0].uri)
+    for base, _log in _serve(reg, project, tmp_path_factory.mktemp("handoff"), poll_interval=0):
+        yield reg, project, refs, base
+
+
+def _states(dr) -> dict[str, str]:
+    return {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in dr.get_task_instances()}
+
+
+def test_promote_to_serving_dag_hands_off_and_fails_with_servings_reason(
+        h3ops_dagbag, handoff_only, mlflow_sqlite, monkeypatch, tmp_path):
+    from h3ops.pipeline import run_step
+    from serving.handoff import HandoffError
+    from tests.pipeline_helpers import tiny_config
+
+    reg, project, (v1, v2, v3), base = handoff_only
+    cfg = tiny_config(tmp_path, tracking_uri=reg.tracking_uri, project=project)
+    monkeypatch.setenv("H3OPS_SERVING_URL", base)
+    dag = h3ops_dagbag.dags["promote_to_serving"]
+
+    dr = dag.test(run_conf={"config": str(cfg), "action": "promote", "model_uri": v2.uri, "reason": "test"})
+    assert _states(dr) == {"apply": "success", "handoff": "success", "notify_serving": "success"}
+    assert _get(f"{base}/v1/models")["data"][0]["h3ops"]["digest"] == v2.tags[DIGEST]
+
+    # A corrupted version: production moves (the registry's decision), serving refuses it, the
+    # hand-off task fails, and version 2 keeps serving.
+    _corrupt_artifact(mlflow_sqlite.artifacts, v3.run_id)
+    dr = dag.test(run_conf={"config": str(cfg), "action": "promote", "model_uri": v3.uri, "reason": "test"})
+    assert _states(dr) == {"apply": "success", "handoff": "success", "notify_serving": "failed"}
+    assert reg.production(project).version == v3.version
+    assert _get(f"{base}/v1/models")["data"][0]["h3ops"]["digest"] == v2.tags[DIGEST]
+    # What the failed task raised (the same step, run here): serving's own reason.
+    with pytest.raises(HandoffError, match=rf"refused version {v3.version} .*do not match the registered digest"):
+        run_step("serving_reload", str(cfg), {"url": base})
+    # Rolling back hands version 2 over again: already served, nothing to switch.
+    dr = dag.test(run_conf={"config": str(cfg), "action": "rollback"})
+    assert _states(dr)["notify_serving"] == "success"
+
+
+def test_judge_client_talks_to_the_server(handoff_only):
+    """The evaluation judges' OpenAI-compatible client (evaluation.judges.ChatEndpoint) against it."""
+    from evaluation.judges import ChatEndpoint, HTTPJudge, JudgeError
+
+    reg, project, refs, base = handoff_only
+    name = refs[0].name
+    endpoint = ChatEndpoint(f"{base}/v1", name, retries=1, timeout_s=60)
+    text = endpoint.chat([{"role": "user", "content": "Is the sky blue?"}], parse=str, max_tokens=5)
+    assert isinstance(text, str)
+    # The random tiny model cannot follow the judge prompt: the judge says so instead of guessing.
+    with pytest.raises(JudgeError, match="unparseable judge output"):
+        HTTPJudge(endpoint=endpoint).refusals(["How do I bake bread?"], ["Mix flour and water."])
+    # A model name the server does not serve is a clear, non-retried refusal.
+    with pytest.raises(JudgeError, match="HTTP 404"):
+        ChatEndpoint(f"{base}/v1", "gpt-4", retries=1).chat([{"role": "user", "content": "hi"}], parse=str)
