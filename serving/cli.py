@@ -31,11 +31,32 @@ def _parser() -> argparse.ArgumentParser:
                    help="downloaded versions, one folder per content digest")
     p.add_argument("--keep", type=int, default=2, help="versions kept in the cache (served + previous)")
     p.add_argument("--served-model-name", help="the `model` clients send (default: the registered model name)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--engine", choices=["transformers", "vllm", "command"], default="transformers",
+                   help="transformers: in this process (CPU, tests, small GPUs); vllm: one `vllm serve` process "
+                        "per version behind this one; command: --engine-command's OpenAI-compatible server")
+    p.add_argument("--engine-command", help="the per-version server's command line; fields {folder} {port} "
+                                            "{name} {uri} {version} {gpu_fraction}")
+    p.add_argument("--gpu-memory-fraction", type=float, default=0.45,
+                   help="vllm: GPU share of each version's server (old and new run side by side while switching)")
+    p.add_argument("--device", default="auto", help="transformers: auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="auto", help="transformers: auto | float32 | bfloat16 | float16")
     p.add_argument("--max-tokens", type=int, default=256, help="default max_tokens of a chat completion")
     p.add_argument("--log-level", default="info")
     return p
+
+
+def _loader(args, name: str):
+    """folder, target → a warmed-up-able engine, as --engine says."""
+    if args.engine == "transformers":
+        from serving.engine import TransformersEngine
+
+        return lambda folder, target: TransformersEngine(folder, device=args.device, dtype=args.dtype)
+    from serving.proxy_engine import VLLM_COMMAND, ProxyEngine
+
+    command = args.engine_command or VLLM_COMMAND
+    logs = Path(args.cache_dir) / ".engine-logs"
+    return lambda folder, target: ProxyEngine(folder, command, log_dir=logs, name=name, uri=target.uri,
+                                              version=target.version, gpu_fraction=str(args.gpu_memory_fraction))
 
 
 def main(argv: list[str]) -> int:
@@ -53,14 +74,16 @@ def main(argv: list[str]) -> int:
         print(f"h3ops serve: error: {e}", file=sys.stderr)
         return 2
 
+    if args.engine == "command" and not args.engine_command:
+        print("h3ops serve: error: --engine command needs --engine-command", file=sys.stderr)
+        return 2
+
     import uvicorn
 
     from serving.app import create_app
-    from serving.engine import TransformersEngine
     from serving.follower import Follower
 
-    follower = Follower(registry, uri, args.cache_dir, keep=args.keep,
-                        load=lambda folder: TransformersEngine(folder, device=args.device, dtype=args.dtype))
+    follower = Follower(registry, uri, args.cache_dir, keep=args.keep, load=_loader(args, name))
     stop = threading.Event()
     if args.poll_interval > 0:
         target, targs = follower.poll_forever, (args.poll_interval, stop)

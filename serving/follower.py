@@ -31,7 +31,7 @@ class HandoffMismatch(SwitchError):
 
 class Follower:
     def __init__(self, registry: Any, model_uri: str, cache_dir: str | Path,
-                 load: Callable[[Path], Any], slot: ModelSlot | None = None, keep: int = 2):
+                 load: Callable[[Path, Target], Any], slot: ModelSlot | None = None, keep: int = 2):
         self.registry = registry
         self.model_uri = model_uri
         self.cache_dir = Path(cache_dir)
@@ -91,7 +91,7 @@ class Follower:
         t0 = time.perf_counter()
         folder = self._fetch(t)
         t1 = time.perf_counter()
-        engine = self.load(folder)
+        engine = self.load(folder, t)
         try:
             engine.warm_up()
         except BaseException:

@@ -229,3 +229,43 @@ def test_judge_client_talks_to_the_server(handoff_only):
     # A model name the server does not serve is a clear, non-retried refusal.
     with pytest.raises(JudgeError, match="HTTP 404"):
         ChatEndpoint(f"{base}/v1", "gpt-4", retries=1).chat([{"role": "user", "content": "hi"}], parse=str)
+
+
+def test_engine_per_version_process_switches_and_stops_the_old_one(mlflow_sqlite, tiny_candidates, tmp_path):
+    """`--engine vllm` runs one OpenAI server process per version behind the front. vLLM needs a GPU;
+    the same code path is exercised with `h3ops serve` pinned to one version as the engine."""
+    import psutil
+
+    reg = Registry(mlflow_sqlite.url)
+    project = unique("engine")
+    v1, v2 = (reg.register_checkpoint(f, project=project, kind="merged", method="linear") for f in tiny_candidates[:2])
+    _manual(reg, project, v1.uri)
+    engine = (f"{sys.executable} -m h3ops.cli serve --model {{uri}} --tracking-uri {reg.tracking_uri} --port {{port}} "
+              f"--poll-interval 0 --served-model-name {{name}} --cache-dir {tmp_path / 'engine-cache'}/{{version}} "
+              "--log-level warning")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "h3ops.cli", "serve", "--project", project, "--tracking-uri", reg.tracking_uri,
+           "--port", str(port), "--poll-interval", "0", "--cache-dir", str(tmp_path / "cache"),
+           "--engine", "command", "--engine-command", engine]
+    base = f"http://127.0.0.1:{port}"
+
+    def engines(proc) -> list[str]:
+        return sorted(c.cmdline()[c.cmdline().index("--model") + 1] for c in psutil.Process(proc.pid).children(True)
+                      if "--model" in c.cmdline() and c.is_running() and c.status() != psutil.STATUS_ZOMBIE)
+
+    with process_group(cmd, tmp_path / "serve.log", env) as proc:
+        wait_until(lambda: _get(f"{base}/health")["status"] == "ok", "h3ops serve (engine)", 240, proc,
+                   tmp_path / "serve.log")
+        assert engines(proc) == [v1.uri]
+        code, body = _post(f"{base}/v1/chat/completions", {"model": v1.name, "max_tokens": 2,
+                                                             "messages": [{"role": "user", "content": "hi"}]})
+        assert code == 200 and body["system_fingerprint"] == v1.tags[DIGEST] and body["usage"]["completion_tokens"] >= 1
+        from serving.handoff import reload
+
+        _manual(reg, project, v2.uri)
+        done = reload(base, version=v2.version, digest=v2.tags[DIGEST])
+        assert done["switched"] and done["served"]["digest"] == v2.tags[DIGEST]
+        wait_until(lambda: engines(proc) == [v2.uri], "old engine process stopped", 60)
+        code, body = _post(f"{base}/v1/completions", {"model": v1.name, "prompt": "The", "max_tokens": 2})
+        assert code == 200 and body["h3ops"]["version"] == v2.version

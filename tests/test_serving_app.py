@@ -48,7 +48,7 @@ def app(setup, tmp_path):
 
     reg, project, refs = setup
     follower = Follower(reg, f"models:/{refs[0].name}@production", tmp_path / "cache",
-                        load=lambda folder: TransformersEngine(folder, device="cpu"))
+                        load=lambda folder, target: TransformersEngine(folder, device="cpu"))
     client = TestClient(create_app(follower, refs[0].name, admin_token="s3cret"))
     return client, follower, refs
 
@@ -125,7 +125,7 @@ def test_a_request_in_flight_finishes_on_the_version_it_started_on(app, setup):
     old = slot.current
     with slot.lease() as held:  # a request that started before the switch
         t2 = Target(v2.name, v2.version, v2.tags[DIGEST])
-        slot.swap(Served(t2, follower.load(follower._fetch(t2))))
+        slot.swap(Served(t2, follower.load(follower._fetch(t2), t2)))
         with slot.lease() as fresh:
             assert fresh.target.version == v2.version  # new requests see the new version at once
         retired = threading.Thread(target=slot.retire, args=(old,))
