@@ -83,3 +83,10 @@ class ModelSlot:
                 self._loaded.remove(old)
         old.engine.close()
         return drained
+
+    def close_all(self) -> None:
+        """Shutdown: close every loaded version (an engine may be a process of its own)."""
+        with self._cond:
+            loaded, self._loaded, self._current = list(self._loaded), [], None
+        for served in loaded:
+            served.engine.close()

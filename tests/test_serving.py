@@ -269,3 +269,7 @@ def test_engine_per_version_process_switches_and_stops_the_old_one(mlflow_sqlite
         wait_until(lambda: engines(proc) == [v2.uri], "old engine process stopped", 60)
         code, body = _post(f"{base}/v1/completions", {"model": v1.name, "prompt": "The", "max_tokens": 2})
         assert code == 200 and body["h3ops"]["version"] == v2.version
+        left = [c for c in psutil.Process(proc.pid).children(True) if "--model" in c.cmdline()]
+    # Stopping the front (SIGTERM) stops its engine processes too, though they run in their own group.
+    wait_until(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in left),
+               "engine processes stopped with the front", 30)
