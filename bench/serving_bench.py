@@ -49,6 +49,14 @@ def _stats(xs: list[float]) -> dict:
             "max_s": round(xs[-1], 4)}
 
 
+def _wait(cond, deadline_s: float) -> None:
+    end = time.monotonic() + deadline_s
+    while not cond():
+        if time.monotonic() > end:
+            raise TimeoutError("condition not met within the deadline")
+        time.sleep(0.05)
+
+
 def _under_load(base: str, name: str, max_tokens: int, action) -> dict:
     """Run `action` while a client sends requests back to back; report the client's view."""
     seen, stop = [], threading.Event()
@@ -63,11 +71,12 @@ def _under_load(base: str, name: str, max_tokens: int, action) -> dict:
 
     th = threading.Thread(target=client, daemon=True)
     th.start()
-    time.sleep(1.0)
+    _wait(lambda: len(seen) >= 1, 600)  # the client is running before the switch starts
     t0 = time.perf_counter()
     result = action()
     t1 = time.perf_counter()
-    time.sleep(1.0)
+    new = result["served"]["digest"]
+    _wait(lambda: any(d == new for *_, d in seen), 600)  # answers come from the new version
     stop.set()
     th.join(600)
     during = [dt for t, dt, _ in seen if dt is not None and t0 <= t <= t1 + (dt or 0)]

@@ -8,6 +8,7 @@ production-grade HTTP/1.1 server. Every answer carries the digest of the version
 """
 from __future__ import annotations
 
+import contextlib
 import hmac
 import time
 import uuid
@@ -65,7 +66,14 @@ def _error(status: int, message: str, kind: str, code: str | None = None) -> JSO
 
 def create_app(follower: Follower, served_name: str, *, admin_token: str | None = None,
                default_max_tokens: int = 256) -> FastAPI:
-    app = FastAPI(title="h3ops serving", docs_url=None, redoc_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        # At shutdown, inside the server: uvicorn re-raises SIGTERM once it returns, so code after
+        # uvicorn.run never runs. Engine processes (vLLM) must not outlive the front.
+        follower.slot.close_all()
+
+    app = FastAPI(title="h3ops serving", docs_url=None, redoc_url=None, lifespan=lifespan)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -130,7 +138,10 @@ def create_app(follower: Follower, served_name: str, *, admin_token: str | None 
 
     @app.post("/admin/reload")
     def reload(body: Handoff, authorization: str | None = Header(default=None)):
-        """The hand-off: production is now `version` with `digest`; answers after the switch (or why not)."""
+        """The hand-off: production is now `version` with `digest`; answers after the switch (or why not).
+
+        It cannot point the server at an arbitrary version, only make it re-resolve its alias now:
+        without a token the worst a caller can do is cause a check. Set the token in production."""
         if admin_token and not hmac.compare_digest(authorization or "", f"Bearer {admin_token}"):
             return _error(401, "the hand-off needs the admin token (Authorization: Bearer …)",
                           "authentication_error")

@@ -95,6 +95,5 @@ def main(argv: list[str]) -> int:
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False)
     finally:
-        stop.set()
-        follower.slot.close_all()  # engine processes (vLLM) do not outlive the front
+        stop.set()  # the app's shutdown closed the engines
     return 0
