@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import json
 import time
 import uuid
 from typing import Any, Literal
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from serving.engine import EngineError
+from serving.engine import Completion, EngineError
 from serving.follower import Follower, HandoffMismatch, SwitchError
 from serving.slot import NotReady, Target
 
@@ -33,7 +34,7 @@ class _Request(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=1)
     stop: str | list[str] | None = None
-    stream: Literal[False] = False  # streaming is not implemented by the transformers engine
+    stream: bool = False  # server-sent events, as OpenAI and vLLM send them
 
     def gen_params(self, default_max: int) -> dict[str, Any]:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -105,8 +106,65 @@ def create_app(follower: Follower, served_name: str, *, admin_token: str | None 
                           "total_tokens": prompt_toks + out_toks},
                 "h3ops": t.to_dict()}
 
+    def _stream(kind: str, req: _Request, start):
+        """Server-sent events: one chunk per generated piece, a last chunk with finish_reason, [DONE].
+
+        The lease is taken before the response starts and released when the stream ends, so a
+        switch never changes the model in the middle of a stream."""
+        bad = _check_model(req.model)
+        if bad is not None:
+            return bad
+        stack = contextlib.ExitStack()
+        try:
+            served = stack.enter_context(follower.slot.lease())
+            pieces = start(served.engine, req.gen_params(default_max_tokens))
+        except NotReady as e:
+            stack.close()
+            return _error(503, str(e), "server_error", "not_ready")
+        except EngineError as e:
+            stack.close()
+            return _error(400, str(e), "invalid_request_error")
+        except BaseException:
+            stack.close()
+            raise
+        t: Target = served.target
+        chat = kind == "chat.completion"
+        head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+                "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()),
+                "model": served_name, "system_fingerprint": t.digest, "h3ops": t.to_dict()}
+
+        def event(piece: str | None, finish: str | None = None, role: bool = False) -> str:
+            if chat:
+                delta = {"role": "assistant", "content": ""} if role else ({} if piece is None else {"content": piece})
+                choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            else:
+                choice = {"index": 0, "text": piece or "", "finish_reason": finish, "logprobs": None}
+            return f"data: {json.dumps({**head, 'choices': [choice]})}\n\n"
+
+        def events():
+            with stack:
+                try:
+                    if chat:
+                        yield event(None, role=True)
+                    final = None
+                    for item in pieces:
+                        if isinstance(item, Completion):
+                            final = item
+                        else:
+                            yield event(item)
+                    yield event(None, final.finish_reason if final else "stop")
+                    yield "data: [DONE]\n\n"
+                except Exception as e:  # the status line is sent: report in the stream, as OpenAI does
+                    yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error'}})}\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
     @app.post("/v1/chat/completions")
     def chat(req: ChatRequest):
+        if req.stream:
+            messages = [m.model_dump() for m in req.messages]
+            return _stream("chat.completion", req, lambda engine, params: engine.stream_chat(messages, **params))
+
         def run(engine, params):
             c = engine.chat([m.model_dump() for m in req.messages], **params)
             return ([{"index": 0, "message": {"role": "assistant", "content": c.text},
@@ -115,6 +173,13 @@ def create_app(follower: Follower, served_name: str, *, admin_token: str | None 
 
     @app.post("/v1/completions")
     def completions(req: CompletionRequest):
+        if req.stream:
+            if not isinstance(req.prompt, str) and len(req.prompt) != 1:
+                return _error(400, "invalid request: prompt: stream takes one prompt", "invalid_request_error")
+            prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
+            return _stream("text_completion", req, lambda engine, params: engine.stream(
+                prompt, **{**params, "max_tokens": req.max_tokens or 16}))
+
         def run(engine, params):
             prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
             outs = [engine.complete(p, **{**params, "max_tokens": req.max_tokens or 16}) for p in prompts]

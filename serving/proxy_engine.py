@@ -104,6 +104,15 @@ class ProxyEngine:
         body = self._post("/v1/completions", {"model": self.model_id, "prompt": prompt, **self._params(**kw)})
         return self._completion(body, body["choices"][0]["text"])
 
+    # vLLM streams itself; through this front a stream is one piece (the contract, not the timing).
+    def stream_chat(self, messages: list[dict], **kw):
+        c = self.chat(messages, **kw)
+        return iter([c.text, c] if c.text else [c])
+
+    def stream(self, prompt: str, **kw):
+        c = self.complete(prompt, **kw)
+        return iter([c.text, c] if c.text else [c])
+
     def warm_up(self) -> None:
         self.complete("Hello", max_tokens=1)
 

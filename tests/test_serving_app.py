@@ -71,8 +71,8 @@ def test_not_ready_then_bad_requests_are_named(app):
 
     r = _chat(client, "gpt-4")
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
-    r = _chat(client, v1.name, stream=True)
-    assert r.status_code == 400 and "stream" in r.json()["error"]["message"]
+    r = client.post("/v1/completions", json={"model": v1.name, "prompt": ["a", "b"], "stream": True})
+    assert r.status_code == 400 and "stream takes one prompt" in r.json()["error"]["message"]
     r = client.post("/v1/chat/completions", json={"model": v1.name})
     assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
     r = _chat(client, v1.name, max_tokens=10_000)  # the tiny Llama has 512 positions
@@ -135,3 +135,43 @@ def test_a_request_in_flight_finishes_on_the_version_it_started_on(app, setup):
         assert held.engine.complete("hi", max_tokens=1).completion_tokens == 1
     wait_until(lambda: not retired.is_alive(), "old version unloaded after its last request", 30)
     assert old.engine.model is None and slot.loaded == 1
+
+
+def _events(resp) -> list:
+    lines = [x for x in resp.text.split("\n\n") if x.strip()]
+    assert all(x.startswith("data: ") for x in lines), lines
+    return [x[len("data: "):] for x in lines]
+
+
+def test_streaming_sends_the_answer_piece_by_piece(app):
+    client, follower, (v1, _, _) = app
+    follower.sync()
+    body = {"model": v1.name, "max_tokens": 12, "temperature": 0,
+            "messages": [{"role": "user", "content": "Where does the sun rise?"}]}
+    with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        resp.read()
+        events = _events(resp)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" and c["system_fingerprint"] == v1.tags[DIGEST] for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length") and len(chunks) > 3  # several pieces
+    with client.stream("POST", "/v1/completions", json={"model": v1.name, "prompt": "The", "max_tokens": 4,
+                                                        "stream": True}) as resp:
+        resp.read()
+        events = _events(resp)
+    assert events[-1] == "[DONE]" and json.loads(events[0])["object"] == "text_completion"
+    # Bad input is refused before the stream starts.
+    r = client.post("/v1/chat/completions", json={**body, "stream": True, "max_tokens": 10_000})
+    assert r.status_code == 400 and "context" in r.json()["error"]["message"]
+
+    # The pieces add up to exactly the answer, also when bytes of one character span tokens (this
+    # random model emits such bytes), and a stop string ends both at the same place. Compared
+    # within one generation: across threads, float sums differ and greedy near-ties can flip.
+    engine = follower.slot.current.engine
+    *pieces, final = engine.stream("The quick", max_tokens=10)
+    assert "".join(pieces) == final.text and len(pieces) > 1
+    stop = final.text[len(final.text) // 2:][:2]
+    *pieces, final = engine.stream("The quick", max_tokens=10, stop=[stop])
+    assert "".join(pieces) == final.text and stop not in final.text and final.finish_reason == "stop"
