@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -27,7 +28,8 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", action="store_true", help="train a LoRA adapter (merged into the output)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any DPOSettings field")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--tracking-uri", help="log training metrics to this MLflow tracking server")
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                   help="log training metrics to this MLflow tracking server (default $MLFLOW_TRACKING_URI)")
 
 
 def _settings(ns):

@@ -5,6 +5,8 @@ chosen size and times, on the same server in the same run:
   peer   : create_run + log_artifacts + create_model_version (what a bare MLflow script does)
   h3ops  : Registry.register_checkpoint (validation, digests, idempotency lookup, lineage tags)
   rerun  : register_checkpoint again with the same inputs (returns the existing version)
+  check  : the parts of registration that read every byte, alone: the plain-data check with the
+           NaN/Inf scan (h3ops.safe_checkpoint) and the content digest (sha256)
   score  : aggregate + decide on a Table 5 row (pure Python)
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/registry_bench.py --hidden 512 --layers 4 --repeat 3
@@ -71,12 +73,26 @@ def main() -> None:
     gate_ms = (time.perf_counter() - t)  # per 1000 → ms each
     aggregate(row("5", "TSVM"))
 
+    from h3ops.digest import digest_dir
+    from h3ops.safe_checkpoint import check_checkpoint_folder
+
+    scan, sha = [], []
+    for _ in range(a.repeat):
+        t = time.perf_counter()
+        check_checkpoint_folder(ck, exact=True, finite=True)
+        scan.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        digest_dir(ck)
+        sha.append(time.perf_counter() - t)
+
     med = statistics.median
     print(f"checkpoint {size / 1e6:.1f} MB, {a.repeat} repeats (median s)")
     print(f"peer  (plain MLflow)          {med(peer):.2f}")
     print(f"h3ops register_checkpoint     {med(ours):.2f}   ratio {med(ours) / med(peer):.2f}x")
     print(f"h3ops re-register (idempotent) {med(rerun):.2f}")
     print(f"gate decide (5 score tables)  {gate_ms:.3f} ms")
+    print(f"safe-data check + NaN/Inf scan {med(scan):.3f}   ({size / 1e6 / med(scan):.0f} MB/s)")
+    print(f"content digest (sha256)       {med(sha):.3f}   ({size / 1e6 / med(sha):.0f} MB/s)")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB (this process)")
 
 

@@ -101,7 +101,8 @@ def code_program(item: dict, response: str, chat: bool) -> str:
 @kind("code")
 def run_code(ctx, bench: dict, items: list[dict]):
     """pass@1 (greedy): each program runs in the sandbox; instruct models (a chat template and
-    `chat: true`) are asked for the function, base models continue the prompt."""
+    `chat: true`) are asked for the function, base models continue the prompt. `correct` is the
+    sandbox's verdict (a token the program cannot forge), never the program's exit code or output."""
     model, tok = ctx.model()
     chat = bool(ctx.generation["chat"] and getattr(tok, "chat_template", None))
     prompts = [CODE_CHAT_PROMPT.format(prompt=it["prompt"]) if chat else it["prompt"] for it in items]
@@ -113,8 +114,8 @@ def run_code(ctx, bench: dict, items: list[dict]):
     for it, out in zip(items, outs):
         res = box.run_python(code_program(it, out.text, chat))
         records.append({"row": it["row"], "task_id": it["task_id"], "completion": out.text,
-                        "status": res.status, "stderr": res.stderr[-500:], "correct": res.passed,
-                        "isolation_degraded": res.isolation.get("degraded", True)})
+                        "status": res.status, "note": res.note, "stderr": res.stderr[-500:],
+                        "correct": res.passed, "isolation_degraded": res.isolation.get("degraded", True)})
     return 100.0 * sum(r["correct"] for r in records) / len(records), records
 
 

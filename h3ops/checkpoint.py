@@ -13,7 +13,7 @@ import struct
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 from h3ops import __version__
@@ -74,8 +74,12 @@ def weight_files(folder: str | Path, allow_pickle: bool = False) -> list[Path]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"{index}: unreadable index ({e})") from e
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index}: unreadable index ({type(e).__name__}: {e})") from None
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: weight_map must be an object, got {type(weight_map).__name__}")
+        for tensor, shard in weight_map.items():
+            _check_shard_name(index, tensor, shard)
         names = list(dict.fromkeys(weight_map.values()))
         missing = [n for n in names if not (root / n).is_file()]
         if missing:
@@ -114,12 +118,81 @@ def read_safetensors_header(path: str | Path, *, exact: bool = False) -> tuple[d
             header = json.loads(f.read(n))
         except ValueError as e:
             raise CheckpointError(f"{path}: corrupt safetensors file, header is not JSON ({e})") from None
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    end = _check_layout(path, header)
     need = 8 + n + end
     if need > size or (exact and need != size):
         fault = "truncated" if need > size else "padded"
         raise CheckpointError(f"{path}: corrupt safetensors file, {fault} (tensors need {need} bytes, file has {size})")
     return header, 8 + n
+
+
+def _check_shard_name(index: Path, tensor: str, shard: Any) -> None:
+    """An index entry must name a safetensors file inside the folder: never `../x` or `/abs/x`."""
+    where = f"{index}: weight_map[{tensor!r}] = {shard!r}"
+    if not isinstance(shard, str) or not shard.endswith(".safetensors"):
+        raise CheckpointError(f"{where}: not a .safetensors file name")
+    parts = PurePosixPath(shard).parts
+    if shard.startswith(("/", "\\")) or ":" in shard or "\\" in shard or ".." in parts or not parts:
+        raise CheckpointError(f"{where}: points outside the checkpoint folder (only names inside it are read)")
+
+
+# Bytes per element of every safetensors dtype (the format's own list).
+DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def _check_layout(path: Path, header: Any) -> int:
+    """Validate every header entry (dtype, shape, offsets) the way the safetensors library does:
+    each tensor's byte range matches shape × dtype size and ranges tile the data block without
+    overlap. Return where the data block ends. Errors name the file and the tensor, in one line."""
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors file, header is not a JSON object "
+                              f"(got a {type(header).__name__})")
+    spans = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            if not isinstance(info, dict):
+                raise CheckpointError(f"{path}: corrupt safetensors file, __metadata__ is not an object")
+            continue
+        where = f"{path}: corrupt safetensors file, tensor {name!r}"
+        if not isinstance(info, dict):
+            raise CheckpointError(f"{where}: entry is not an object")
+        missing = [k for k in ("dtype", "shape", "data_offsets") if k not in info]
+        if missing:
+            raise CheckpointError(f"{where}: entry lacks {', '.join(missing)}")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in DTYPE_SIZES:
+            raise CheckpointError(f"{where}: unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(_count(d) for d in shape):
+            raise CheckpointError(f"{where}: shape {shape!r} is not a list of non-negative integers")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_count(o) for o in offsets)):
+            raise CheckpointError(f"{where}: data_offsets {offsets!r} is not two non-negative integers")
+        start, stop = offsets
+        if stop < start:
+            raise CheckpointError(f"{where}: data_offsets end {stop} is before start {start}")
+        numel = 1
+        for d in shape:
+            numel *= d
+        if stop - start != numel * DTYPE_SIZES[dtype]:
+            raise CheckpointError(f"{where}: data_offsets span {stop - start} bytes but shape {shape} of {dtype} "
+                                  f"needs {numel * DTYPE_SIZES[dtype]} bytes")
+        spans.append((start, stop, name))
+    spans.sort()
+    end = 0
+    for start, stop, name in spans:
+        if start < end:
+            other = next((n for s, e, n in spans if s < stop and start < e and n != name), "the one before it")
+            raise CheckpointError(f"{path}: corrupt safetensors file, tensor {name!r} (bytes {start}-{stop}) "
+                                  f"overlaps tensor {other!r}")
+        if start > end:
+            raise CheckpointError(f"{path}: corrupt safetensors file, {start - end} unclaimed bytes before "
+                                  f"tensor {name!r}")
+        end = stop
+    return end
+
+
+def _count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 @contextlib.contextmanager

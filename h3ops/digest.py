@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +35,34 @@ def digest_json(obj: Any) -> str:
     return digest_bytes(canonical_json(obj))
 
 
+def checkpoint_files(path: str | Path) -> list[Path]:
+    """Every file that belongs to a checkpoint folder, sorted: what registration uploads.
+
+    Hidden files and folders (`.cache/`, `.env`, `.git/`) are local state, not the model: they are
+    neither uploaded nor digested, so what is uploaded is exactly what the digest covers (plus the
+    metadata files below, which the version's tags describe). Links are not followed (and a folder
+    holding any is refused before upload, h3ops.safe_checkpoint).
+    """
+    root = Path(path)
+    out = []
+    for top, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        out += [Path(top) / f for f in files if not f.startswith(".")]
+    return sorted(out)
+
+
+def content_files(path: str | Path) -> list[Path]:
+    """The files a checkpoint's content digest covers: checkpoint_files less h3ops.json/diagnostics.json."""
+    root = Path(path)
+    return [f for f in checkpoint_files(root) if f.relative_to(root).as_posix() not in _NOT_CONTENT]
+
+
 def digest_dir(path: str | Path) -> str:
-    """Digest of a folder's files (names and bytes), h3ops.json and diagnostics.json excluded."""
+    """Digest of a folder's content files (names and bytes), see content_files."""
     root = Path(path)
     h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = f.relative_to(root).as_posix()
-        if rel in _NOT_CONTENT or any(part.startswith(".") for part in f.relative_to(root).parts):
-            continue
-        h.update(rel.encode() + b"\0" + digest_file(f).encode() + b"\n")
+    for f in content_files(root):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + digest_file(f).encode() + b"\n")
     return "sha256:" + h.hexdigest()
 
 

@@ -12,12 +12,15 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
 from h3ops.checkpoint import MANIFEST, CheckpointError, Manifest, atomic_output_dir
 from h3ops.digest import digest_dir
+from h3ops.safe_checkpoint import check_checkpoint_folder
+from merging import settings, slices
+from merging.card import write_card
 from merging.config import MergeConfig, parse_config
 from merging.io import CheckpointReader, ShardedWriter, parse_size
 from merging.method import MergeConfigError, TensorTask
@@ -45,28 +48,39 @@ def _check_device(device: str) -> torch.device:
     return dev
 
 
-def _plan(cfg: MergeConfig, readers: list[CheckpointReader]) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
-    """Check every input has the same tensor names and shapes; return the output layout (sorted names)."""
-    ref, specs = readers[0], cfg.all_inputs
-    ref_names = set(ref.names())
-    for spec, r in zip(specs[1:], readers[1:]):
-        names = set(r.names())
-        missing, extra = sorted(ref_names - names), sorted(names - ref_names)
-        if missing or extra:
-            what = (f"missing tensor(s) {missing[:5]}" if missing else "") + \
-                   ("; " if missing and extra else "") + (f"unexpected tensor(s) {extra[:5]}" if extra else "")
-            raise MergeError(f"{spec.ref}: {what} compared with {specs[0].ref}")
-        for n in sorted(names):
-            if r.shape(n) != ref.shape(n):
-                raise MergeError(f"tensor {n!r}: shape {list(r.shape(n))} in {spec.ref} but "
-                                 f"{list(ref.shape(n))} in {specs[0].ref}")
+def _plan(cfg: MergeConfig, readers: list[CheckpointReader]):
+    """The output layout (sorted names, dtype, shape) and where each output tensor's inputs come from.
+
+    `models:` configs: every input has the same tensor names and shapes. `slices:`: output layers
+    are drawn from the sources' layer ranges (merging/slices.py), each with its slice's inputs."""
+    specs = cfg.all_inputs
+    if cfg.slices is None:
+        ref = readers[0]
+        ref_names = set(ref.names())
+        for spec, r in zip(specs[1:], readers[1:]):
+            names = set(r.names())
+            missing, extra = sorted(ref_names - names), sorted(names - ref_names)
+            if missing or extra:
+                what = (f"missing tensor(s) {missing[:5]}" if missing else "") + \
+                       ("; " if missing and extra else "") + (f"unexpected tensor(s) {extra[:5]}" if extra else "")
+                raise MergeError(f"{spec.ref}: {what} compared with {specs[0].ref}")
+        at = settings.positions(ref_names)
+        sources = {n: slices.Planned([(i, n) for i in range(len(readers))], None, at[n]) for n in ref_names}
+        n_layers = None
+    else:
+        sources, n_layers = slices.layout(cfg.slices, lambda i: readers[i].names(), [s.ref for s in specs])
     out_dtype = _TORCH_DTYPES.get(cfg.out_dtype or "")
     plan = []
     # Sorted names: the output layout does not depend on the inputs' tensor order or sharding.
-    for n in sorted(ref_names):
-        dt = ref.dtype(n)
-        plan.append((n, out_dtype if (out_dtype is not None and dt.is_floating_point) else dt, ref.shape(n)))
-    return plan
+    for n in sorted(sources):
+        (i0, n0), *rest = sources[n].inputs
+        for i, name in rest:
+            if readers[i].shape(name) != readers[i0].shape(n0):
+                raise MergeError(f"tensor {name!r}: shape {list(readers[i].shape(name))} in {specs[i].ref} but "
+                                 f"{list(readers[i0].shape(n0))} in {specs[i0].ref}")
+        dt = readers[i0].dtype(n0)
+        plan.append((n, out_dtype if (out_dtype is not None and dt.is_floating_point) else dt, readers[i0].shape(n0)))
+    return plan, sources, n_layers
 
 
 def _all_finite(t: torch.Tensor) -> bool:
@@ -90,12 +104,12 @@ class TaskStream:
         self.params, self.model_params = engine.cfg.params, engine.cfg.model_params
 
     def __iter__(self) -> Iterator[TensorTask]:
-        for name, _, _ in self._run.plan:
-            if self._run.readers[0].dtype(name).is_floating_point:
+        for name, dtype, _ in self._run.plan:
+            if dtype.is_floating_point:
                 yield self._run.task(name, self._run.load(name))
 
     def __len__(self) -> int:
-        return sum(1 for n, _, _ in self._run.plan if self._run.readers[0].dtype(n).is_floating_point)
+        return sum(1 for _, dtype, _ in self._run.plan if dtype.is_floating_point)
 
 
 # Elements per block when an elementwise method streams a large tensor: 1 MiB of float32 per input,
@@ -107,39 +121,59 @@ BLOCK = 1 << 18
 class _Run:
     """One merge: the parsed config, the open readers and the per-tensor work."""
 
-    def __init__(self, cfg: MergeConfig, readers: list[CheckpointReader], plan, seed: int, device: torch.device):
+    def __init__(self, cfg: MergeConfig, readers: list[CheckpointReader], plan, sources, seed: int,
+                 device: torch.device):
         self.cfg, self.readers, self.plan, self.seed, self.device = cfg, readers, plan, seed, device
-        self.has_base = cfg.base is not None
+        self.sources: dict[str, slices.Planned] = sources
         self.state: dict[str, Any] = {}
         self.collector = None  # a diagnostics Collector when asked for; None costs nothing per tensor
+        # Gradient / filter parameters and slices: every tensor's own, resolved now so a bad value is
+        # named before anything is read or written.
+        self.tensor_params: dict[str, tuple[dict, list[dict]]] = {}
+        if cfg.per_tensor is not None:
+            self.tensor_params = {n: cfg.params_for(n, sources[n].t, sources[n].slice) for n, dt, _ in plan
+                                  if dt.is_floating_point}
+
+    def has_base(self, name: str) -> bool:
+        """Is this tensor's first input the base (the method's origin, not a candidate)?"""
+        if self.cfg.slices is None:
+            return self.cfg.base is not None
+        return self.cfg.base is not None and self.cfg.method.uses_base and self.sources[name].inputs[0][0] == 0
+
+    def inputs(self, name: str) -> list:
+        """The ModelSpecs one tensor's values come from, in load order (base first when there is one)."""
+        return [self.cfg.all_inputs[i] for i, _ in self.sources[name].inputs]
 
     def load(self, name: str) -> list[torch.Tensor]:
         """Raw values of one tensor from every input (base first when there is one)."""
-        return [r.get(name) for r in self.readers]
+        return [self.readers[i].get(n) for i, n in self.sources[name].inputs]
 
     def blockwise(self, name: str) -> bool:
         """Stream this tensor through the method in blocks (elementwise methods, large float tensors)?"""
-        r = self.readers[0]
-        return (self.cfg.method.elementwise and self.collector is None and r.dtype(name).is_floating_point
-                and _numel(r.shape(name)) > BLOCK)
+        i, n = self.sources[name].inputs[0]
+        r = self.readers[i]
+        return (self.cfg.method.elementwise and self.collector is None and r.dtype(n).is_floating_point
+                and _numel(r.shape(n)) > BLOCK)
 
     def task(self, name: str, raw: list[torch.Tensor]) -> TensorTask:
-        specs = self.cfg.all_inputs
         values = []
-        for i, (spec, t) in enumerate(zip(specs, raw)):
+        for i, t in enumerate(raw):
             v = t.to(self.device, torch.float32, non_blocking=True)
             raw[i] = None  # drop the stored-dtype copy now: peak memory is set by the largest tensor
             values.append(v)
-        base = values[0] if self.has_base else None
-        cands = values[1:] if self.has_base else values
-        return TensorTask(name, base, cands, self.cfg.params, self.cfg.model_params, self.seed, self.state)
+        has_base = self.has_base(name)
+        base = values[0] if has_base else None
+        cands = values[1:] if has_base else values
+        params, model_params = self.tensor_params.get(name) or (self.cfg.params, self.cfg.model_params)
+        return TensorTask(name, base, cands, params, model_params, self.seed, self.state)
 
     def compute(self, name: str, out_dtype: torch.dtype, raw: list[torch.Tensor]) -> torch.Tensor:
         if not raw[0].dtype.is_floating_point:
             # Integer/bool buffers are not merged: copied when every input agrees.
-            for spec, t in zip(self.cfg.all_inputs[1:], raw[1:]):
+            specs = self.inputs(name)
+            for spec, t in zip(specs[1:], raw[1:]):
                 if not torch.equal(t, raw[0]):
-                    raise MergeError(f"non-float tensor {name!r} differs between {self.cfg.all_inputs[0].ref} "
+                    raise MergeError(f"non-float tensor {name!r} differs between {specs[0].ref} "
                                      f"and {spec.ref}; integer/bool buffers must be identical")
             return raw[0]
         shape = tuple(raw[0].shape)
@@ -152,10 +186,11 @@ class _Run:
 
     def blocks(self, name: str, out_dtype: torch.dtype) -> Iterator[torch.Tensor]:
         """The merged values of one tensor, flat, BLOCK elements at a time (elementwise methods)."""
-        n = _numel(self.readers[0].shape(name))
+        i0, n0 = self.sources[name].inputs[0]
+        n = _numel(self.readers[i0].shape(n0))
         for lo in range(0, n, BLOCK):
             hi = min(n, lo + BLOCK)
-            task = self.task(name, [r.get_range(name, lo, hi) for r in self.readers])
+            task = self.task(name, [self.readers[i].get_range(t, lo, hi) for i, t in self.sources[name].inputs])
             task.consumable = True
             yield self._apply(task, (hi - lo,)).to(out_dtype).cpu()
 
@@ -170,14 +205,16 @@ class _Run:
         # for the culprit (read again: the method may have consumed its copies), which saves one full
         # pass over every input.
         if not _all_finite(out):
-            for spec, t in zip(self.cfg.all_inputs, self.load(name)):
+            for spec, t in zip(self.inputs(name), self.load(name)):
                 _finite(t.to(torch.float32), name, spec.ref)
             _finite(out, name, f"the {self.cfg.method.name} result")
         return out
 
 
-def _copy_side_files(cfg: MergeConfig, ref: Path, dest: Path) -> None:
-    for fname in COPIED:
+def _copy_side_files(cfg: MergeConfig, ref: Path, dest: Path, allow_remote_code: bool, n_layers: int | None) -> None:
+    # Inputs passed check_checkpoint_folder: no links to follow, and code only when allowed, in which
+    # case the code config.json's auto_map names comes along.
+    for fname in COPIED + (tuple(p.name for p in sorted(ref.glob("*.py"))) if allow_remote_code else ()):
         if (ref / fname).is_file():
             shutil.copy2(ref / fname, dest / fname)
     tok_root = cfg.tokenizer_source or ref
@@ -185,11 +222,17 @@ def _copy_side_files(cfg: MergeConfig, ref: Path, dest: Path) -> None:
         if (tok_root / fname).is_file():
             shutil.copy2(tok_root / fname, dest / fname)
     conf = dest / "config.json"
-    if cfg.out_dtype and conf.is_file():
+    if (cfg.out_dtype or n_layers is not None) and conf.is_file():
         data = json.loads(conf.read_text())
-        keys = [k for k in ("dtype", "torch_dtype") if k in data] or ["dtype"]
-        for k in keys:
-            data[k] = cfg.out_dtype
+        if cfg.out_dtype:
+            for k in [k for k in ("dtype", "torch_dtype") if k in data] or ["dtype"]:
+                data[k] = cfg.out_dtype
+        if n_layers is not None:  # a slices merge has as many layers as its slices span
+            data["num_hidden_layers"] = n_layers
+            if isinstance(data.get("layer_types"), list) and data["layer_types"]:
+                kinds = data["layer_types"]
+                data["layer_types"] = [kinds[min(src.start + k, len(kinds) - 1)] for sl in cfg.slices
+                                       for src in sl.sources[:1] for k in range(sl.length)]
         conf.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
@@ -203,13 +246,19 @@ def _progress_bar(enabled: bool | None, total: int):
 
 def merge(config: dict | str | Path, out_dir: str | Path, *, seed: int = 0, device: str = "cpu",
           max_shard_size: str | int = "2GB", overwrite: bool = False, allow_pickle: bool = False,
-          progress: bool | None = None, diagnostics: bool = False) -> Path:
+          allow_remote_code: bool = False, progress: bool | None = None, diagnostics: bool = False,
+          resolve: Callable[[str], Path] | None = None) -> Path:
     """Merge the checkpoints a mergekit-style config names into `out_dir`; return the folder.
+
+    Every input (and the tokenizer source) must be plain data (h3ops.safe_checkpoint): no links,
+    no code unless `allow_remote_code`, no pickles unless `allow_pickle`. `resolve` maps model
+    references that are not local folders (e.g. `models:/name/3`) to local copies; h3ops.json
+    records the references as written, with the digests of what was read.
 
     `diagnostics`: also write diagnostics.json (per-tensor conflict statistics, inputs' digests)
     inside the folder, atomically with it, and print its per-layer-type summary."""
     start = time.perf_counter()
-    cfg = parse_config(config)
+    cfg = parse_config(config, resolve=resolve)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise MergeConfigError(f"seed must be an int, got {seed!r}")
     parse_size(max_shard_size)
@@ -220,9 +269,14 @@ def merge(config: dict | str | Path, out_dir: str | Path, *, seed: int = 0, devi
     specs = cfg.all_inputs
     if any(out.resolve() == s.path for s in specs):
         raise MergeConfigError(f"{out}: the output folder is one of the inputs")
+    for folder in dict.fromkeys([s.path for s in specs] + [cfg.tokenizer_source] * bool(cfg.tokenizer_source)):
+        check_checkpoint_folder(folder, allow_remote_code=allow_remote_code, allow_pickle=allow_pickle,
+                                weights=any(folder == s.path for s in specs))
     readers = [CheckpointReader(s.path, allow_pickle=allow_pickle) for s in specs]
-    plan = _plan(cfg, readers)
-    run = _Run(cfg, readers, plan, seed, dev)
+    if diagnostics and cfg.slices is not None:
+        raise MergeConfigError("--diagnostics compares whole models; it does not apply to a slices config")
+    plan, sources, n_layers = _plan(cfg, readers)
+    run = _Run(cfg, readers, plan, sources, seed, dev)
     # One thread reads ahead, one hashes the parents (whole folders) beside the merge, not before it.
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="h3ops-read")
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="h3ops-digest")
@@ -261,12 +315,16 @@ def merge(config: dict | str | Path, out_dir: str | Path, *, seed: int = 0, devi
                         writer.write(name, run.compute(name, dtype, raw))
                     del raw
                     bar.update(_numel(shape))
-            _copy_side_files(cfg, specs[0].path, tmp)
+            _copy_side_files(cfg, specs[0].path, tmp, allow_remote_code, n_layers)
             parents = [{"uri": s.ref, "digest": d.result(), "role": "base" if (cfg.base and s is cfg.base) else "candidate"}
                        for s, d in zip(specs, digests)]
+            write_card(tmp, method=cfg.method.name, parents=parents, raw_config=cfg.raw, seed=seed)
             Manifest(kind="merged", produced_by="h3ops.merge", method=cfg.method.name, seed=seed, parents=parents,
                      parameters={"global": cfg.params,
-                                 "models": [{"model": m.ref, **p} for m, p in zip(cfg.models, cfg.model_params)]},
+                                 "models": [{"model": m.ref, **p} for m, p in zip(cfg.models, cfg.model_params)],
+                                 # gradients and filter lists as written (the values above are their first)
+                                 **({"per_tensor": {"global": cfg.per_tensor[0], "models": cfg.per_tensor[1]}}
+                                    if cfg.per_tensor else {})},
                      settings={"config": cfg.raw, "out_dtype": cfg.out_dtype, "max_shard_size": str(max_shard_size),
                                "device": str(dev), "shards": writer.files}).write(tmp)
             if run.collector is not None:
@@ -291,7 +349,7 @@ def _write_diagnostics(run: _Run, parents: list[dict], tmp: Path, max_shard_size
     from merging.diagnostics import DIAGNOSTICS, write_report
 
     settings = {"config": run.cfg.raw, "seed": run.seed, "device": str(dev), "max_shard_size": str(max_shard_size),
-                "has_base": run.has_base}
+                "has_base": run.cfg.base is not None}
     report = run.collector.report(parents, settings=settings)
     write_report(report, tmp / DIAGNOSTICS)
     return report["summary"]

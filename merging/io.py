@@ -30,16 +30,22 @@ CODES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 
 
 def parse_size(size: str | int) -> int:
-    """'2GB' → 2_000_000_000, '500MiB' → 524_288_000, 1234 → 1234 (bytes)."""
+    """A shard size → bytes: '2GB' → 2e9, '500MiB' → 524_288_000, 1234 → 1234.
+
+    A bare K/M/B suffix is mergekit's count suffix (`--out-shard-size 5B` is 5 billion, as mergekit
+    reads it), so a config or command line written for mergekit means the same here; KB/MB/GB/TB
+    and KiB/MiB/GiB/TiB are byte units."""
     if isinstance(size, int) and not isinstance(size, bool):
         if size <= 0:
             raise ValueError(f"max shard size must be positive, got {size}")
         return size
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?)B?\s*", str(size).upper())
+    text = str(size).strip().upper()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(?:([KMGT])(I?)B?|(B))?", text)
     if not m:
-        raise ValueError(f"max shard size {size!r}: expected e.g. 2GB, 500MB, 1GiB or a byte count")
-    num, unit, binary = float(m.group(1)), m.group(2), m.group(3)
-    scale = (1024 if binary else 1000) ** " KMGT".index(unit or " ")
+        raise ValueError(f"max shard size {size!r}: expected e.g. 5B (mergekit: 5 billion), 2GB, 500MB, 1GiB "
+                         "or a byte count")
+    num, unit, binary, billions = float(m.group(1)), m.group(2), m.group(3), m.group(4)
+    scale = 1000 ** 3 if billions else (1024 if binary else 1000) ** " KMGT".index(unit or " ")
     value = int(num * scale)
     if value <= 0:
         raise ValueError(f"max shard size must be positive, got {size!r}")

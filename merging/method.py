@@ -14,12 +14,22 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from h3ops.suggest import did_you_mean
+
 if TYPE_CHECKING:
     import torch
 
 
 class MergeConfigError(ValueError):
     """A merge configuration that cannot run; raised before any tensor is read."""
+
+
+# mergekit 0.1.5 methods h3ops does not implement: named as such, never as an unknown typo.
+MERGEKIT_ONLY_METHODS = ("ram", "ramplus_tl")
+
+
+def unsupported(feature: str) -> MergeConfigError:
+    return MergeConfigError(f"{feature} is a mergekit feature h3ops does not support yet")
 
 
 _REQUIRED = object()
@@ -114,6 +124,13 @@ class MergeMethod:
     # arithmetic): the engine may then hand the function any contiguous slice of a tensor, flattened.
     # It streams large tensors through it in cache-sized blocks instead of whole float32 copies.
     elementwise: bool = False
+    # True when the method works with or without a base (nuslerp, multislerp): given, the base is
+    # the origin and never one of the candidates.
+    optional_base: bool = False
+
+    @property
+    def uses_base(self) -> bool:
+        return self.needs_base or self.optional_base
 
     def resolve(self, global_params: dict[str, Any], model_params: list[dict[str, Any]]) -> tuple[dict, list[dict]]:
         """Validate names and types; fill defaults. Errors name the method and the parameter."""
@@ -121,7 +138,8 @@ class MergeMethod:
         where = f"merge_method {self.name}"
         unknown = sorted(set(global_params) - set(by_name))
         if unknown:
-            raise MergeConfigError(f"{where}: unknown parameter(s) {unknown}; known: {sorted(by_name)}")
+            raise MergeConfigError(f"{where}: unknown parameter(s) {unknown}{did_you_mean(unknown[0], by_name)}; "
+                                   f"known: {sorted(by_name)}")
         resolved = {}
         for p in self.params:
             if p.name in global_params:
@@ -160,14 +178,14 @@ _METHODS: dict[str, MergeMethod] = {}
 
 def register(name: str, params: list[Param] | tuple[Param, ...] = (), *, needs_base: bool = True,
              min_models: int = 1, prepass: Callable | None = None, validate: Callable | None = None,
-             elementwise: bool = False):
+             elementwise: bool = False, optional_base: bool = False):
     """Decorator: register `fn(task) -> tensor` as merge method `name`."""
 
     def wrap(fn):
         if name in _METHODS:
             raise ValueError(f"merge method {name!r} registered twice")
         _METHODS[name] = MergeMethod(name, fn, tuple(params), needs_base, min_models, prepass, validate,
-                                     elementwise)
+                                     elementwise, optional_base)
         return fn
 
     return wrap
@@ -185,7 +203,11 @@ def get_method(name: str) -> MergeMethod:
     try:
         return _METHODS[name]
     except KeyError:
-        raise MergeConfigError(f"unknown merge_method {name!r}; available: {sorted(_METHODS)}") from None
+        if name in MERGEKIT_ONLY_METHODS:
+            raise MergeConfigError(f"merge_method {name!r} is a mergekit method h3ops does not support yet; "
+                                   f"available: {sorted(_METHODS)}") from None
+        raise MergeConfigError(f"unknown merge_method {name!r}{did_you_mean(name, _METHODS)}; "
+                               f"available: {sorted(_METHODS)}") from None
 
 
 def available_methods() -> list[str]:

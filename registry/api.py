@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping
 from urllib.parse import quote
 
 from h3ops.checkpoint import CheckpointError, atomic_output_dir
-from h3ops.digest import digest_dir
+from h3ops.digest import checkpoint_files, digest_dir
 from registry.checkpoints import KINDS, TAG, inspect_checkpoint
 
 SUFFIX = {"candidate": "candidates", "continual": "continual", "merged": "merged", "base": "base"}
@@ -142,12 +142,14 @@ class Registry:
     def register_checkpoint(self, folder: str | Path, *, project: str, kind: str, dimension: str | None = None,
                             data_digest: str | None = None, config_digest: str | None = None,
                             parents: Iterable[Any] = (), method: str | None = None,
-                            description: str | None = None, base_digest: str | None = None) -> VersionRef:
-        """Upload a checkpoint folder and register it; the same inputs again return the same version."""
+                            description: str | None = None, base_digest: str | None = None,
+                            allow_remote_code: bool = False) -> VersionRef:
+        """Upload a checkpoint folder and register it; the same inputs and content again return the
+        same version, the same inputs with other content are refused (nothing is uploaded)."""
         name = model_name(project, kind)
         lineage = inspect_checkpoint(folder, kind=kind, dimension=dimension, data_digest=data_digest,
                                      config_digest=config_digest, base_digest=base_digest, parents=parents,
-                                     method=method)
+                                     method=method, allow_remote_code=allow_remote_code)
         try:
             return self._register(Path(folder), project, name, kind, lineage, description)
         except Exception as e:
@@ -162,7 +164,8 @@ class Registry:
         self._ensure_model(name, kind)
         existing = self._find_by_key(name, key)
         if existing:
-            return self._ref(existing[0])
+            return self._same_content(self._ref(existing[0]), lineage, folder)
+        self._refuse_other_content(name, lineage, folder)
         run_id = self._uploaded_run(project, name, lineage, folder)
         # A merge's diagnostics.json is uploaded with the folder; the tag says where to find it.
         extra = {f"{TAG}diagnostics": "checkpoint/diagnostics.json"} if (folder / "diagnostics.json").is_file() else {}
@@ -178,8 +181,38 @@ class Registry:
         winners = self._find_by_key(name, key)
         if winners and winners[0].version != mv.version:
             self.client.delete_model_version(name, mv.version)
-            return self._ref(winners[0])
+            return self._same_content(self._ref(winners[0]), lineage, folder)
+        try:  # …and one registering other content for the same inputs at the same time loses to it
+            self._refuse_other_content(name, lineage, folder, below=int(mv.version))
+        except RegistryError:
+            self.client.delete_model_version(name, mv.version)
+            raise
         return self._ref(mv)
+
+    @staticmethod
+    def _same_content(ref: VersionRef, lineage, folder: Path) -> VersionRef:
+        """A version found by key must hold exactly this content (the key names it; tags could lie)."""
+        theirs = ref.tags.get(f"{TAG}content_digest")
+        if theirs != lineage.content_digest:
+            raise RegistryError(f"{folder}: {ref.uri} carries this folder's idempotency key but content {theirs}, "
+                                f"not {lineage.content_digest}; refusing to return it (nothing was registered)")
+        return ref
+
+    def _refuse_other_content(self, name: str, lineage, folder: Path, below: int | None = None) -> None:
+        """Refuse a second, different checkpoint claiming the same inputs as a registered one: the
+        registry would hold two models with one lineage, and a rerun could be answered with either."""
+        found = self.client.search_model_versions(
+            f"name = '{name}' and tags.`{TAG}inputs_key` = '{lineage.inputs_key}'")
+        clash = sorted((v for v in found if v.status == "READY" and (below is None or int(v.version) < below)
+                        and (v.tags or {}).get(f"{TAG}content_digest") != lineage.content_digest),
+                       key=lambda v: int(v.version))
+        if clash:
+            v = clash[0]
+            raise RegistryError(
+                f"{folder}: models:/{v.name}/{v.version} was registered from the same inputs (kind, dimension, "
+                f"base, data, config, method, parents) with different content ({v.tags.get(f'{TAG}content_digest')} "
+                f"there, {lineage.content_digest} here); nothing was registered. A checkpoint with other weights "
+                "must differ in what made it (data or config digest)")
 
     def _uploaded_run(self, project: str, name: str, lineage, folder: Path) -> str:
         """A finished run holding exactly this checkpoint: reused after a crash, else uploaded now."""
@@ -197,7 +230,11 @@ class Registry:
                                                 f"{TAG}model_name": name, "mlflow.runName": f"register-{lineage.kind}"})
         rid = run.info.run_id
         try:
-            self.client.log_artifacts(rid, str(folder), "checkpoint")
+            # File by file from the same list the digest walks: hidden files are neither uploaded nor
+            # digested (log_artifacts would upload the whole tree).
+            for f in checkpoint_files(folder):
+                parent = f.relative_to(folder).parent.as_posix()
+                self.client.log_artifact(rid, str(f), "checkpoint" if parent == "." else f"checkpoint/{parent}")
             if (folder / "diagnostics.json").is_file():
                 self.client.set_tag(rid, f"{TAG}diagnostics", "checkpoint/diagnostics.json")
             self.client.set_tag(rid, f"{TAG}upload", "complete")

@@ -1,7 +1,8 @@
 """Checks a checkpoint folder must pass before anything is uploaded, and its lineage as tags.
 
 Refusing early is what keeps the registry clean: a folder without h3ops.json, with a pickle
-checkpoint or with a truncated safetensors file never reaches the artifact store.
+checkpoint, links, code, non-finite weights or a truncated safetensors file never reaches the
+artifact store (h3ops.safe_checkpoint). The idempotency key names inputs and content together.
 """
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from h3ops.checkpoint import CheckpointError, Manifest, read_safetensors_header, weight_files
+from h3ops.checkpoint import CheckpointError, Manifest
 from h3ops.digest import digest_dir, digest_json
+from h3ops.safe_checkpoint import check_checkpoint_folder
 
 KINDS = ("candidate", "continual", "merged", "base")
 TAG = "h3ops."  # prefix of every tag h3ops writes
@@ -30,12 +32,18 @@ class Lineage:
     produced_by: str
 
     @property
-    def idempotency_key(self) -> str:
-        # The inputs that define the checkpoint, not its bytes: a rerun of the same training with
-        # the same base, data and settings finds the existing version even if floats differ.
+    def inputs_key(self) -> str:
+        """The inputs that define the checkpoint (what its h3ops.json and the caller say made it)."""
         return digest_json({"kind": self.kind, "dimension": self.dimension, "base": self.base_digest,
                             "data": self.data_digest, "config": self.config_digest, "method": self.method,
                             "parents": [p.get("digest", p.get("uri", "")) for p in self.parents]})
+
+    @property
+    def idempotency_key(self) -> str:
+        # Inputs *and* content: finding a version by this key can only ever return these very bytes.
+        # The same inputs with other bytes are refused at registration (registry.api), never answered
+        # with the earlier version.
+        return digest_json({"inputs": self.inputs_key, "content": self.content_digest})
 
     def tags(self) -> dict[str, str]:
         return {
@@ -48,6 +56,7 @@ class Lineage:
             f"{TAG}method": self.method or "",
             f"{TAG}content_digest": self.content_digest,
             f"{TAG}produced_by": self.produced_by,
+            f"{TAG}inputs_key": self.inputs_key,
             f"{TAG}idempotency_key": self.idempotency_key,
         }
 
@@ -67,18 +76,21 @@ def _parents(items: Iterable[Any]) -> list[dict[str, str]]:
 def inspect_checkpoint(folder: str | Path, *, kind: str, dimension: str | None = None,
                        data_digest: str | None = None, config_digest: str | None = None,
                        base_digest: str | None = None, parents: Iterable[Any] = (),
-                       method: str | None = None) -> Lineage:
-    """Validate a checkpoint folder and derive its lineage; explicit arguments override h3ops.json."""
+                       method: str | None = None, allow_remote_code: bool = False) -> Lineage:
+    """Validate a checkpoint folder and derive its lineage; explicit arguments override h3ops.json.
+
+    The folder must be plain data with finite weights (h3ops.safe_checkpoint) before anything of it
+    is uploaded."""
     root = Path(folder)
     if kind not in KINDS:
         raise CheckpointError(f"kind must be one of {list(KINDS)}, got {kind!r}")
     if not root.is_dir():
         raise CheckpointError(f"{root}: checkpoint folder does not exist")
+    # First: nothing in the folder is read (not even h3ops.json) before it is known to be plain data.
+    check_checkpoint_folder(root, allow_remote_code=allow_remote_code, exact=True, finite=True)
     if not (root / "config.json").is_file():
         raise CheckpointError(f"{root}: no config.json (not a Hugging Face model folder)")
     manifest = Manifest.read(root)  # raises naming the missing h3ops.json
-    for f in weight_files(root):
-        read_safetensors_header(f, exact=True)
     content = digest_dir(root)
     parent_list = _parents(parents) or _parents(manifest.parents)
     if base_digest is None:

@@ -32,6 +32,8 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         for opt in ("dimension", "data-digest", "config-digest", "base-digest", "method", "description"):
             p.add_argument(f"--{opt}")
         p.add_argument("--parent", action="append", default=[], help="parent URI or sha256 digest (repeatable)")
+        p.add_argument("--allow-remote-code", action="store_true",
+                       help="accept *.py files and auto_map in config.json (code transformers would run)")
     elif cmd in ("versions", "compare"):
         p.add_argument("--kind", default="merged", choices=["candidate", "continual", "merged", "base"])
         p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -140,7 +142,7 @@ def _run(cmd: str, a, out) -> int:
         ref = reg.register_checkpoint(a.folder, project=a.project, kind=a.kind, dimension=a.dimension,
                                       data_digest=a.data_digest, config_digest=a.config_digest,
                                       base_digest=a.base_digest, parents=a.parent, method=a.method,
-                                      description=a.description)
+                                      description=a.description, allow_remote_code=a.allow_remote_code)
         print(json.dumps({"uri": ref.uri, "name": ref.name, "version": ref.version,
                           "idempotency_key": ref.idempotency_key}), file=out)
     elif cmd in ("versions", "compare"):

@@ -230,7 +230,7 @@ def test_cli_eval_logs_an_evaluation_run_linked_to_the_version(first_run, tiny_b
     reg = Registry(mlflow_server.url)
     ref = reg.register_checkpoint(tiny_base, project=f"evaltest{uuid.uuid4().hex[:8]}", kind="base")
     rc = main(["eval", str(tiny_base), "--limit", str(LIMIT), "--judge", "keyword", "--cache-dir", str(cache),
-               "--model-version", ref.uri, "--mlflow-tracking-uri", mlflow_server.url])
+               "--model-version", ref.uri, "--tracking-uri", mlflow_server.url])
     assert rc == 0 and f"for {ref.uri}" in capsys.readouterr().out
     got = reg.get_scores(ref.uri)
     assert got.suite == "cpu-3h" and got.avg == pytest.approx(res.scores.avg)

@@ -91,3 +91,35 @@ def test_http_judge_needs_a_base_url(monkeypatch):
     monkeypatch.delenv("H3OPS_JUDGE_BASE_URL", raising=False)
     with pytest.raises(JudgeError, match="H3OPS_JUDGE_BASE_URL"):
         get_judge("http")
+
+
+# ---- hostile judge servers (issue 13): each reproduced against the urllib client before the fix --
+
+def test_judge_never_follows_a_redirect_with_its_credentials(chat_judge_server):
+    j = _judge(chat_judge_server, "redirect", retries=2)
+    with pytest.raises(JudgeError, match="redirect"):
+        j.refusals(["q"], ["a"])
+    stolen = [r for r in chat_judge_server.requests if r.get("path") == "/steal"]
+    assert stolen == [], f"the judge followed the redirect: {stolen}"
+
+
+@pytest.mark.parametrize("model", ["badstatus", "short", "null", "number", "both", "huge"])
+def test_every_bad_reply_becomes_a_judge_error_after_retries(chat_judge_server, model):
+    j = _judge(chat_judge_server, model, retries=2)
+    with pytest.raises(JudgeError, match="failed after 2 attempts"):
+        j.refusals(["q"], ["a"])
+    with pytest.raises(JudgeError, match="failed after 2 attempts"):
+        j.grade("q", "a")
+    assert len(chat_judge_server.requests) == 4  # two attempts each
+
+
+@pytest.mark.timeout(60)
+def test_one_overall_deadline_per_request(chat_judge_server):
+    import time
+
+    j = _judge(chat_judge_server, "drip", retries=2, timeout_s=1.5)
+    t0 = time.monotonic()
+    with pytest.raises(JudgeError, match="deadline"):
+        j.refusals(["q"], ["a"])
+    # Two attempts of at most 1.5 s each (the trickle would take hours), plus the backoff.
+    assert time.monotonic() - t0 < 2 * 1.5 + 1.5

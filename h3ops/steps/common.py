@@ -44,9 +44,14 @@ def workdir(cfg: PipelineConfig, *parts: str) -> Path:
     return path
 
 
+def is_remote(uri: str) -> bool:
+    """A model given as a `models:/…`, `runs:/…` or `s3://` URI (fetched by local_model), not a path."""
+    return uri.startswith(("models:/", "runs:/", "s3://"))
+
+
 def local_model(cfg: PipelineConfig, uri: str) -> Path:
     """A local folder for a model given as a path or a `models:/…`/`runs:/…`/`s3://` URI."""
-    if not uri.startswith(("models:/", "runs:/", "s3://")):
+    if not is_remote(uri):
         path = abspath(uri.removeprefix("file://"))
         if not path.is_dir():
             raise FileNotFoundError(f"{uri}: model folder does not exist")

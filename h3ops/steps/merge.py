@@ -6,7 +6,7 @@ from typing import Any
 from h3ops.config import PipelineConfig
 from h3ops.digest import digest_json, short
 from h3ops.steps import step
-from h3ops.steps.common import local_model, workdir
+from h3ops.steps.common import is_remote, local_model, workdir
 
 
 def merge_config(cfg: PipelineConfig, base: str, candidates: list[str], method: str,
@@ -38,10 +38,14 @@ def merge_candidates(cfg: PipelineConfig, base: str, candidates: list[str], *,
     key = short(digest_json({"base": base, "candidates": sorted(candidates), "method": method,
                              "parameters": params, "seed": cfg.merge.seed}))
     out = workdir(cfg, "merged") / f"{method}-{key}"
-    local = [str(local_model(cfg, c)) for c in candidates]
-    conf = merge_config(cfg, str(local_model(cfg, base)), local, method, params)
+    # The config names the models as given (registry URIs stay URIs) and the engine fetches them
+    # through local_model: h3ops.json's parents are then the `models:/` URIs the registry's lineage
+    # tags name, with the digests of the verified downloads, never download-cache paths.
+    refs = [c if is_remote(c) else str(local_model(cfg, c)) for c in candidates]
+    conf = merge_config(cfg, base if is_remote(base) else str(local_model(cfg, base)), refs, method, params)
     if not (out / "h3ops.json").is_file():
-        merge(conf, out, seed=cfg.merge.seed, overwrite=out.exists(), diagnostics=True)
+        merge(conf, out, seed=cfg.merge.seed, overwrite=out.exists(), diagnostics=True,
+              resolve=lambda uri: local_model(cfg, uri))
     diag = out / "diagnostics.json"
     return {"path": str(out), "method": method, "parameters": params, "parents": list(candidates),
             "diagnostics": str(diag) if diag.is_file() else None}
