@@ -5,6 +5,7 @@ FastAPI and uvicorn (already in the stack: MLflow's server runs on them) rather 
 request validation with field-level errors, a thread pool for the blocking generate calls, and a
 production-grade HTTP/1.1 server. Every answer carries the digest of the version that produced it
 (`system_fingerprint`, and `h3ops` with name and version), so a client can tell which model spoke.
+`stream: true` answers with server-sent events (chunks, then `data: [DONE]`), as OpenAI and vLLM do.
 """
 from __future__ import annotations
 

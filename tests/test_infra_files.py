@@ -253,3 +253,15 @@ def test_plugins_use_the_connections_and_pool_the_stack_creates():
     assert assets.LANDING_CONN_ID == names.S3_CONN_ID
     assert assets.GPU_POOL == names.GPU_POOL and assets.GPU_QUEUE == names.GPU_QUEUE
     assert assets.SERVING_CONN_ID == names.SERVING_CONN_ID
+
+
+def test_serving_connection_of_the_stack_reads_as_the_hook_expects(compose, monkeypatch):
+    """The compose file's h3ops_serving connection, read by the DAG's own hook: the URL and the token."""
+    from plugins.hooks import ServingHook
+
+    env = _env(compose["services"]["airflow-worker-cpu"])
+    var = f"AIRFLOW_CONN_{names.SERVING_CONN_ID.upper()}"
+    monkeypatch.setenv(var, env[var].replace("${SERVING_ADMIN_TOKEN}", "tok"))
+    assert ServingHook().endpoint() == (f"http://{names.SERVING_SERVICE}:{names.SERVING_PORT}", "tok")
+    monkeypatch.delenv(var)
+    assert ServingHook().endpoint() == (None, None)  # no connection: the step falls back or skips
