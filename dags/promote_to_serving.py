@@ -1,5 +1,7 @@
 """promote_to_serving: the ops hand-off. Manual (promote a given version, or roll back) and
-triggered whenever the `production` alias moves; writes the serving manifest a serving system polls.
+triggered whenever the `production` alias moves; writes the serving manifest, then tells the running
+`h3ops serve` (connection `h3ops_serving`) and waits for its switch: a version serving refuses
+(digest mismatch, fails to load) fails `notify_serving` with serving's reason.
 """
 from __future__ import annotations
 
@@ -43,4 +45,11 @@ with DAG(
     def handoff(applied: dict, *, params=None) -> dict:
         return run_in_task("serving_manifest", params)
 
-    handoff(apply())
+    @task
+    def notify_serving(handed: dict, *, params=None) -> dict:
+        from plugins.hooks import ServingHook
+
+        url, token = ServingHook().endpoint()
+        return run_in_task("serving_reload", params, url=url, token=token)
+
+    notify_serving(handoff(apply()))

@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("registry.cli", "compare versions' scores"),
     "promote": ("registry.cli", "gate and move the production alias"),
     "rollback": ("registry.cli", "move production back to the previous version"),
+    "serve": ("serving.cli", "OpenAI-compatible server for the production model, following the alias"),
     "step": ("h3ops.pipeline", "run one pipeline step (what a DAG task runs)"),
     "demo": ("h3ops.demo", "run the whole loop on the embedded default"),
     "up": ("infra.local.stack", "start the local stack"),

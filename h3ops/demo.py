@@ -184,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             run_step("evaluate", cfg, {"model_uri": v.uri})
     print()
     print(summary(cfg, decision, timings))
-    print(f"\n[demo] done in {time.perf_counter() - t0:.0f} s")
+    from h3ops.steps.common import tracking_uri
+    print(f"\n[demo] serve production (OpenAI-compatible, follows the alias): h3ops serve --project {cfg.project} "
+          f"--tracking-uri {tracking_uri(cfg)} --port 8000")
+    print(f"[demo] done in {time.perf_counter() - t0:.0f} s")
     return 0
 
 

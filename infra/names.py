@@ -8,6 +8,7 @@ from __future__ import annotations
 # Airflow objects the DAGs and plugins look up.
 MLFLOW_CONN_ID = "mlflow_default"   # conn_type http, host = tracking server URL
 S3_CONN_ID = "aws_default"          # conn_type aws, login/password = keys, extra.endpoint_url
+SERVING_CONN_ID = "h3ops_serving"  # conn_type http, host = `h3ops serve` URL, password = admin token
 GPU_POOL = "gpu"                    # slots = GPUs, for local executors
 GPU_QUEUE = "gpu"                   # Celery queue served by GPU workers
 DEFAULT_QUEUE = "default"
@@ -32,4 +33,10 @@ LOCAL_S3_ACCESS_KEY = "h3ops"
 LOCAL_S3_SECRET_KEY = "h3ops-local-secret"
 LOCAL_REGION = "us-east-1"
 DEFAULT_PORTS = {"s3": 9000, "mlflow": 5000, "airflow": 8080}
+
+# Serving (compose service / Kubernetes Deployment+Service): the OpenAI-compatible endpoint.
+SERVING_SERVICE = "serving"
+SERVING_PORT = 8000
+SERVING_HEALTH_PATH = "/health"
+SERVING_HANDOFF_PATH = "/admin/reload"
 PG_DB_PREFIX = "h3ops"               # --db postgres: databases h3ops_airflow and h3ops_mlflow

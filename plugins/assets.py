@@ -17,6 +17,7 @@ GPU_QUEUE = "gpu"
 # location is read through the standard AWS connection, whose extra carries endpoint_url.
 MLFLOW_CONN_ID = "mlflow_default"
 LANDING_CONN_ID = "aws_default"
+SERVING_CONN_ID = "h3ops_serving"  # the running `h3ops serve` the promote_to_serving DAG hands off to
 
 PREFERENCES_ALIAS = AssetAlias(name="h3ops-preferences")
 PRODUCTION_ALIAS = AssetAlias(name="h3ops-production")

@@ -2,6 +2,7 @@
 
 - `MLflowHook` (conn `mlflow_default`): host is the tracking URI; extra may hold `registry_uri`,
   `artifact_location`, and S3 settings for the artifact store.
+- `ServingHook` (conn `h3ops_serving`): host is the `h3ops serve` URL, password its admin token.
 - `LandingHook` (conn `aws_default`, extra endpoint_url): an S3-compatible endpoint for `s3://` landing locations;
   extra `endpoint_url`, `region_name`; login/password are the access key pair.
 """
@@ -12,7 +13,7 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
-from plugins.assets import LANDING_CONN_ID, MLFLOW_CONN_ID
+from plugins.assets import LANDING_CONN_ID, MLFLOW_CONN_ID, SERVING_CONN_ID
 
 
 def _connection(conn_id: str):
@@ -79,3 +80,25 @@ class LandingHook(BaseHook):
                             region_name=extra.get("region_name", "us-east-1"),
                             aws_access_key_id=conn.login or None,
                             aws_secret_access_key=conn.password or None)
+
+
+class ServingHook(BaseHook):
+    conn_name_attr = "serving_conn_id"
+    default_conn_name = SERVING_CONN_ID
+    conn_type = "http"
+    hook_name = "h3ops serving (OpenAI-compatible)"
+
+    def __init__(self, serving_conn_id: str = SERVING_CONN_ID) -> None:
+        super().__init__()
+        self.serving_conn_id = serving_conn_id
+
+    def endpoint(self) -> tuple[str | None, str | None]:
+        """(base URL, admin token) from the connection; (None, None) when it is absent (the step
+        then falls back to $H3OPS_SERVING_URL, or notifies nothing)."""
+        conn = _connection(self.serving_conn_id)
+        if conn is None or not conn.host:
+            return None, None
+        url = conn.host if "://" in conn.host else f"http://{conn.host}"
+        if conn.port and url.count(":") < 2:
+            url = f"{url}:{conn.port}"
+        return url, conn.password or None

@@ -97,6 +97,7 @@ def test_baseline_and_serving_shape(dagbag):
     serve = dagbag.dags["promote_to_serving"]
     assert serve.params["action"] == "handoff"
     assert "apply" in _upstream(serve, "handoff")
+    assert "handoff" in _upstream(serve, "notify_serving")  # the running server switches last
     assert serve.default_args["retries"] == 0
 
 

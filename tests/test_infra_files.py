@@ -162,7 +162,60 @@ def test_k8s_helm_values_and_mlflow_deployment():
     assert deploy["spec"]["selector"]["matchLabels"].items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
 
 
-@pytest.mark.parametrize("name", ["airflow.Dockerfile", "worker-gpu.Dockerfile", "mlflow.Dockerfile"])
+def _healthcheck_url(svc: dict) -> str:
+    test = svc["healthcheck"]["test"]
+    return next(t for t in (test if isinstance(test, list) else [test]) if "http://" in str(t))
+
+
+def test_compose_serving_follows_production_on_a_gpu(compose):
+    """The serving service: `h3ops serve` with the vLLM engine, GPU, health check, and the hand-off
+    connection the promote_to_serving DAG looks up (names from infra/names.py)."""
+    services = compose["services"]
+    svc = services[names.SERVING_SERVICE]
+    cmd = _cmd(svc)
+    assert cmd[0] == "serve" and cmd[cmd.index("--engine") + 1] == "vllm"
+    assert cmd[cmd.index("--port") + 1] == str(names.SERVING_PORT) and cmd[cmd.index("--host") + 1] == "0.0.0.0"
+    assert f"{names.SERVING_PORT}:{names.SERVING_PORT}" in svc["ports"]
+    assert _healthcheck_url(svc).endswith(f":{names.SERVING_PORT}{names.SERVING_HEALTH_PATH}")
+    assert "start_period" in svc["healthcheck"]  # the first version loads before it is healthy
+    devices = svc["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+    env = _env(svc)
+    assert env["MLFLOW_TRACKING_URI"] == _env(services["airflow-worker-gpu"])["MLFLOW_TRACKING_URI"]
+    for var in names.S3_ENV:
+        assert env.get(var), f"serving downloads artifacts: it needs {var}"
+    assert svc["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert svc["build"]["dockerfile"] == "infra/docker/serving.Dockerfile"
+    # Airflow reaches it through the connection the DAG's hook reads, with the same admin token.
+    conn = json.loads(_env(services["airflow-worker-cpu"])[f"AIRFLOW_CONN_{names.SERVING_CONN_ID.upper()}"])
+    assert conn["conn_type"] == "http" and conn["host"] == f"http://{names.SERVING_SERVICE}"
+    assert conn["port"] == names.SERVING_PORT and conn["password"] == env["H3OPS_SERVING_ADMIN_TOKEN"]
+
+
+def test_k8s_serving_deployment_requests_a_gpu_and_probes_health():
+    docs = list(yaml.safe_load_all((INFRA / "k8s" / "serving.yaml").read_text()))
+    deploy = next(d for d in docs if d["kind"] == "Deployment")
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert deploy["metadata"]["name"] == service["metadata"]["name"] == names.SERVING_SERVICE
+    spec = deploy["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert c["image"].startswith("h3ops-serving")
+    assert c["args"][0] == "serve" and "--engine=vllm" in c["args"] and f"--port={names.SERVING_PORT}" in c["args"]
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
+    port = next(p for p in c["ports"] if p["name"] == "http")
+    assert port["containerPort"] == names.SERVING_PORT
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert c[probe]["httpGet"] == {"path": names.SERVING_HEALTH_PATH, "port": "http"}, probe
+    env = {e["name"] for e in c.get("env", [])}
+    assert {"MLFLOW_TRACKING_URI", "H3OPS_SERVING_ADMIN_TOKEN"} <= env
+    assert service["spec"]["ports"][0]["port"] == names.SERVING_PORT
+    assert deploy["spec"]["selector"]["matchLabels"].items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
+    assert service["spec"]["selector"].items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
+
+
+@pytest.mark.parametrize("name", ["airflow.Dockerfile", "worker-gpu.Dockerfile", "mlflow.Dockerfile",
+                                  "serving.Dockerfile"])
 def test_dockerfiles_install_with_the_project_constraints(name):
     text = (INFRA / "docker" / name).read_text()
     lines = [line.split("#")[0] for line in text.splitlines()]
@@ -199,3 +252,16 @@ def test_plugins_use_the_connections_and_pool_the_stack_creates():
     assert assets.MLFLOW_CONN_ID == names.MLFLOW_CONN_ID
     assert assets.LANDING_CONN_ID == names.S3_CONN_ID
     assert assets.GPU_POOL == names.GPU_POOL and assets.GPU_QUEUE == names.GPU_QUEUE
+    assert assets.SERVING_CONN_ID == names.SERVING_CONN_ID
+
+
+def test_serving_connection_of_the_stack_reads_as_the_hook_expects(compose, monkeypatch):
+    """The compose file's h3ops_serving connection, read by the DAG's own hook: the URL and the token."""
+    from plugins.hooks import ServingHook
+
+    env = _env(compose["services"]["airflow-worker-cpu"])
+    var = f"AIRFLOW_CONN_{names.SERVING_CONN_ID.upper()}"
+    monkeypatch.setenv(var, env[var].replace("${SERVING_ADMIN_TOKEN}", "tok"))
+    assert ServingHook().endpoint() == (f"http://{names.SERVING_SERVICE}:{names.SERVING_PORT}", "tok")
+    monkeypatch.delenv(var)
+    assert ServingHook().endpoint() == (None, None)  # no connection: the step falls back or skips
