@@ -29,7 +29,41 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="evaluation items per benchmark (overrides the config)")
     p.add_argument("--no-candidate-eval", action="store_true",
                    help="skip scoring the single-dimension candidates for the summary")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Airflow's and the libraries' logs here (default: only in HOME/demo.log)")
     return p
+
+
+class Story:
+    """The demo's own lines on the terminal; everything else (Airflow task logs, TRL, lm-eval,
+    warnings, progress bars) goes to a log file, at the file-descriptor level so that subprocesses
+    and C extensions are caught too. --verbose keeps both on the terminal."""
+
+    def __init__(self, log_path: Path, verbose: bool):
+        self.log_path, self.verbose = log_path, verbose
+        self._term = os.dup(1)
+        self._saved: list[int] = []
+
+    def __enter__(self) -> "Story":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if not self.verbose:
+            log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            for fd in (1, 2):
+                self._saved.append(os.dup(fd))
+                os.dup2(log, fd)
+            os.close(log)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, saved in zip((1, 2), self._saved):
+            os.dup2(saved, fd)
+            os.close(saved)
+
+    def say(self, text: str = "") -> None:
+        os.write(self._term, (text + "\n").encode())
 
 
 def _environment(home: Path) -> None:
@@ -84,14 +118,25 @@ def land_preferences(cfg, n: int) -> dict[str, Path]:
     return out
 
 
-def _run(bag, dag_id: str, conf: dict, log: list) -> None:
+STAGES = {
+    "preference_ingest": "validate the landed preference files, quarantine bad ones, build datasets",
+    "continual_dpo_baseline": "sequential DPO over the dimensions (the baseline the gate must beat)",
+    "continual_alignment": "DPO per dimension, merge, 3H evaluation, gate",
+    "promote_to_serving": "hand the new production model to serving",
+}
+
+
+def _run(bag, dag_id: str, conf: dict, log: list, story: Story) -> None:
+    story.say(f"▸ {dag_id}: {STAGES.get(dag_id, '')} …")
     t = time.perf_counter()
     dr = bag.dags[dag_id].test(run_conf=conf)
     state = str(getattr(dr.state, "value", dr.state))
     log.append((dag_id, state, time.perf_counter() - t))
-    print(f"[demo] {dag_id}: {state} in {time.perf_counter() - t:.0f} s", flush=True)
+    story.say(f"  {state} in {time.perf_counter() - t:.0f} s")
     if state != "success":
-        raise SystemExit(f"h3ops demo: DAG {dag_id} ended {state}; see {os.environ['AIRFLOW_HOME']}/logs")
+        story.say(f"h3ops demo: DAG {dag_id} ended {state}; task logs: {os.environ['AIRFLOW_HOME']}/logs, "
+                  f"everything else: {story.log_path}")
+        raise SystemExit(1)
 
 
 def _row(reg, ref, role: str) -> list[str]:
@@ -154,40 +199,50 @@ def main(argv: list[str] | None = None) -> int:
 
     from h3ops.pipeline import run_step
 
-    initdb()
-    bag = DagBag(dag_folder=str(ROOT / "dags"))
-    if bag.import_errors:
-        raise SystemExit(f"h3ops demo: DAG import errors: {bag.import_errors}")
-    timings: list = []
-    # A demo should fail fast: the DAGs' retry (minutes later, for resumable GPU jobs) is for production.
-    for dag in bag.dags.values():
-        for task in dag.tasks:
-            task.retries = 0
+    with Story(home / "demo.log", args.verbose) as story:
+        story.say(f"h3ops demo: project {cfg.project}, base {cfg.base_model}, merge {cfg.merge.method}, "
+                  f"suite {cfg.evaluation.suite}" + ("" if args.verbose else f"  (logs: {story.log_path})"))
+        initdb()
+        bag = DagBag(dag_folder=str(ROOT / "dags"))
+        if bag.import_errors:
+            story.say(f"h3ops demo: DAG import errors: {bag.import_errors}")
+            raise SystemExit(1)
+        timings: list = []
+        # A demo should fail fast: the DAGs' retry (minutes later, for resumable GPU jobs) is for production.
+        for dag in bag.dags.values():
+            for task in dag.tasks:
+                task.retries = 0
+        t = time.perf_counter()
+        story.say(f"▸ base model {cfg.base_model} …")
+        base = run_step("prepare_base", cfg)
+        boot = run_step("bootstrap_production", cfg, {"base": base})
+        story.say(f"  first production model {boot['production']} in {time.perf_counter() - t:.0f} s")
+        landed = land_preferences(cfg, args.pairs or (16 if args.tiny else 64))
+        story.say(f"▸ landed {len(landed)} preference files: " + ", ".join(p.name for p in landed.values()))
 
-    print(f"[demo] base model {cfg.base_model} …", flush=True)
-    base = run_step("prepare_base", cfg)
-    boot = run_step("bootstrap_production", cfg, {"base": base})
-    print(f"[demo] first production model: {boot['production']}", flush=True)
-    land_preferences(cfg, args.pairs or (16 if args.tiny else 64))
-
-    _run(bag, "preference_ingest", conf, timings)
-    if cfg.continual.enabled:
-        _run(bag, "continual_dpo_baseline", conf, timings)
-    _run(bag, "continual_alignment", conf, timings)
-    decision = _xcom(bag, "continual_alignment", "gate")
-    promoted = (_xcom(bag, "continual_alignment", "promote") or {}).get("promoted")
-    if promoted:
-        _run(bag, "promote_to_serving", conf, timings)
-    if not args.no_candidate_eval:  # for the table only: the gate does not need them
-        from h3ops.steps.common import registry
-        for v in registry(cfg).versions(cfg.project, "candidate"):
-            run_step("evaluate", cfg, {"model_uri": v.uri})
-    print()
-    print(summary(cfg, decision, timings))
-    from h3ops.steps.common import tracking_uri
-    print(f"\n[demo] serve production (OpenAI-compatible, follows the alias): h3ops serve --project {cfg.project} "
-          f"--tracking-uri {tracking_uri(cfg)} --port 8000")
-    print(f"[demo] done in {time.perf_counter() - t0:.0f} s")
+        _run(bag, "preference_ingest", conf, timings, story)
+        if cfg.continual.enabled:
+            _run(bag, "continual_dpo_baseline", conf, timings, story)
+        _run(bag, "continual_alignment", conf, timings, story)
+        decision = _xcom(bag, "continual_alignment", "gate")
+        if decision:
+            story.say("  " + decision.get("summary", f"gate passed={decision.get('passed')}").replace("\n", "\n  "))
+        promoted = (_xcom(bag, "continual_alignment", "promote") or {}).get("promoted")
+        if promoted:
+            _run(bag, "promote_to_serving", conf, timings, story)
+        if not args.no_candidate_eval:  # for the table only: the gate does not need them
+            from h3ops.steps.common import registry
+            t = time.perf_counter()
+            story.say("▸ scoring the single-dimension candidates for the table …")
+            for v in registry(cfg).versions(cfg.project, "candidate"):
+                run_step("evaluate", cfg, {"model_uri": v.uri})
+            story.say(f"  done in {time.perf_counter() - t:.0f} s")
+        story.say()
+        story.say(summary(cfg, decision, timings))
+        from h3ops.steps.common import tracking_uri
+        story.say(f"\nServe production (OpenAI-compatible, follows the alias): h3ops serve --project {cfg.project} "
+                  f"--tracking-uri {tracking_uri(cfg)} --port 8000")
+        story.say(f"h3ops demo: done in {time.perf_counter() - t0:.0f} s")
     return 0
 
 
