@@ -1,7 +1,7 @@
 """Asset definitions and placement names shared by the DAGs.
 
 One asset per preference dimension: the ingest DAG emits an event on it (through the alias, with
-the dataset's URI and digest as extra) and the continual-alignment DAG is scheduled on them.
+the dataset's URI and digest as extra) and the continual-DPO baseline DAG is scheduled on them.
 `continual_baseline` gets an event when the continual-DPO baseline DAG has registered and evaluated
 every stage for the current data; the continual-alignment DAG is scheduled on it, so its gate never
 runs before the continual references for the same data exist. `production_model` gets an event

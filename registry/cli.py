@@ -105,6 +105,7 @@ def main(argv: list[str]) -> int:
     a = _parser(cmd).parse_args(rest)
     from evaluation.gate import GateError
     from evaluation.scoring import ScoringError
+
     # MLflow prints "View run …" links on stdout; keep stdout for our own (machine-readable) output.
     out = sys.stdout
     try:
