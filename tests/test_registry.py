@@ -257,8 +257,9 @@ def test_concurrent_promotions_exactly_one_wins(mlflow_server, tiny_candidates, 
 def compared(mlflow_sqlite, tiny_candidates):
     reg = Registry(mlflow_sqlite.url)
     project = unique("cmp")
-    uris = [_register_merged(reg, tiny_candidates[0], project, t, row("5", m))
-            for t, m in (("ta", "Task Arithmetic"), ("ts", "TSVM"))]
+    # Two checkpoints: scores belong to content, so one folder cannot carry two score sets.
+    uris = [_register_merged(reg, tiny_candidates[i], project, t, row("5", m))
+            for i, (t, m) in enumerate((("ta", "Task Arithmetic"), ("ts", "TSVM")))]
     return reg, project, uris
 
 
