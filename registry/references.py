@@ -101,6 +101,22 @@ def _scores(reg, ref: VersionRef, role: str, suite_digest: str | None):
     return got
 
 
+def references(reg, project: str, candidate: VersionRef) -> tuple[VersionRef | None, list[VersionRef], list[str]]:
+    """(production, continual stages, notes): what `candidate` is compared with, scores aside
+    (the DAG evaluates these before its gate step)."""
+    data = training_data(reg, candidate)
+    if data is None:
+        return reg.production(project), continual_sequence(reg, project), [
+            f"{candidate.uri} names no registered candidates as parents, so its training data is unknown: "
+            "compared with the newest continual sequence"]
+    stages = continual_sequence(reg, project, data)
+    notes = [] if stages else [
+        "no continual sequence is registered for the candidate's data "
+        + ", ".join(f"{d}={v[:19]}…" for d, v in sorted(data.items()))
+        + ": run the continual baseline on the same data first"]
+    return reg.production(project), stages, notes
+
+
 def gate_inputs(reg, project: str, candidate: str | VersionRef, *, suite_digest: str | None = None) -> GateInputs:
     """Everything the gate compares, with scores measured on each version's own content.
 
@@ -110,19 +126,7 @@ def gate_inputs(reg, project: str, candidate: str | VersionRef, *, suite_digest:
     cand = reg.resolve(candidate)
     cand_scores = _scores(reg, cand, "candidate", suite_digest)
     digest = cand_scores.suite_digest
-    prod = reg.production(project)
+    prod, stages, notes = references(reg, project, cand)
     prod_scores = _scores(reg, prod, "production", digest) if prod is not None else None
-    data = training_data(reg, cand)
-    notes = []
-    if data is None:
-        stages = continual_sequence(reg, project)
-        notes.append(f"{cand.uri} names no registered candidates as parents, so its training data is unknown: "
-                     "compared with the newest continual sequence")
-    else:
-        stages = continual_sequence(reg, project, data)
-        if not stages:
-            notes.append("no continual sequence is registered for the candidate's data "
-                         + ", ".join(f"{d}={v[:19]}…" for d, v in sorted(data.items()))
-                         + ": run the continual baseline on the same data first")
     cont_scores = [_scores(reg, r, f"continual stage {i + 1}", digest) for i, r in enumerate(stages)]
     return GateInputs(cand, cand_scores, prod, prod_scores, stages, cont_scores, notes)

@@ -34,11 +34,10 @@ def continual_latest(cfg: PipelineConfig) -> list[str]:
 def compared_models(cfg: PipelineConfig, candidate_uri: str) -> list[str]:
     """What the gate compares `candidate_uri` with: production, then the continual stages trained
     on the candidate's data (registry.references, the one place that choice is made)."""
-    from registry.references import continual_sequence, training_data
+    from registry.references import references
     reg = registry(cfg)
-    prod = production_uri(cfg)
-    data = training_data(reg, reg.resolve(candidate_uri))
-    return ([prod] if prod else []) + [r.uri for r in continual_sequence(reg, cfg.project, data)]
+    prod, stages, _ = references(reg, cfg.project, reg.resolve(candidate_uri))
+    return [r.uri for r in ([prod] if prod else []) + stages]
 
 
 @step("gate")
@@ -60,16 +59,17 @@ def gate(cfg: PipelineConfig, candidate_uri: str) -> dict:
 def promote(cfg: PipelineConfig, candidate_uri: str, decision: dict) -> dict:
     """Apply a decision: the registry recomputes it from its logged scores and this config's policy
     and refuses a record that disagrees; on pass production → candidate, on fail nothing moves."""
-    result = registry(cfg).promote(cfg.project, candidate_uri, decision, policy=policy(cfg))
-    return {"promoted": bool(result.promoted), "production": result.production,
-            "previous": result.previous, "message": result.message}
+    return _outcome(registry(cfg).promote(cfg.project, candidate_uri, decision, policy=policy(cfg)))
 
 
 @step("promote_manual")
 def promote_manual(cfg: PipelineConfig, model_uri: str, reason: str = "manual promotion") -> dict:
     """An ops decision: move production to `model_uri` without the gate (a forced promotion, its
     reason recorded in the audit trail)."""
-    result = registry(cfg).promote(cfg.project, model_uri, None, force=True, reason=reason)
+    return _outcome(registry(cfg).promote(cfg.project, model_uri, None, force=True, reason=reason))
+
+
+def _outcome(result) -> dict:
     return {"promoted": bool(result.promoted), "production": result.production,
             "previous": result.previous, "message": result.message}
 
