@@ -1,22 +1,26 @@
 """continual_alignment: new preference data → DPO per dimension → merge → evaluate → gate → promote.
 
-Scheduled on the preference assets. Every DPO task is mapped over the dimensions with data and
+Scheduled on the `h3ops.continual_baseline` asset, which continual_dpo_baseline emits once it has
+registered and evaluated the continual-DPO stages for the current preference data: the gate must
+beat them, so it never runs before they exist. The gate compares with the continual sequence
+trained on the candidate's own data (registry/references.py) and fails with none
+(GatePolicy.require_continual), so data arriving between the two runs cannot pass either. Every DPO task is mapped over the dimensions with data and
 runs in pool `gpu` (queue `gpu` on Celery); every task is idempotent, so clearing and rerunning any
 of them finds its own output or registered version instead of making a duplicate. The merge method
 and its parameters can be overridden per run through params.
 """
 from __future__ import annotations
 
-from airflow.sdk import DAG, AssetAny, Param, task
+from airflow.sdk import DAG, Param, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from plugins.assets import GPU_POOL, GPU_QUEUE, PREFERENCE_ASSETS, PRODUCTION_ALIAS, PRODUCTION_MODEL
+from plugins.assets import CONTINUAL_BASELINE, GPU_POOL, GPU_QUEUE, PRODUCTION_ALIAS, PRODUCTION_MODEL
 from plugins.defaults import DEFAULT_ARGS, START, config_param
 from plugins.operators import run_in_task
 
 with DAG(
     dag_id="continual_alignment",
-    schedule=AssetAny(*PREFERENCE_ASSETS.values()),
+    schedule=[CONTINUAL_BASELINE],
     start_date=START,
     catchup=False,
     max_active_runs=1,
@@ -65,7 +69,7 @@ with DAG(
 
     @task
     def models_to_evaluate(merged: dict, *, params=None) -> list[str]:
-        others = run_in_task("compared_models", params)
+        others = run_in_task("compared_models", params, candidate_uri=merged["uri"])
         return [merged["uri"], *[u for u in others if u != merged["uri"]]]
 
     @task(pool=GPU_POOL, queue=GPU_QUEUE)
@@ -74,8 +78,7 @@ with DAG(
 
     @task
     def gate(merged: dict, evaluated: list[dict], *, params=None) -> dict:
-        continual = run_in_task("continual_latest", params)
-        return run_in_task("gate", params, candidate_uri=merged["uri"], continual_uris=continual)
+        return run_in_task("gate", params, candidate_uri=merged["uri"])
 
     @task(outlets=[PRODUCTION_ALIAS])
     def promote(merged: dict, decision: dict, *, params=None, outlet_events=None) -> dict:

@@ -1,22 +1,27 @@
 """continual_dpo_baseline: the sequential continual-DPO baseline the gate must beat.
 
 Stage k trains from stage k-1 on the next dimension's data (order from the config, the paper's by
-default); each stage is registered as `<project>-continual` with lineage and evaluated, so the
-gate always has current continual checkpoints to compare with.
+default); each stage is registered as `<project>-continual` with lineage and evaluated. Then
+`publish` emits the `h3ops.continual_baseline` asset event (stages and data digests as extra):
+continual_alignment is scheduled on that asset, so its gate runs only once the continual
+references for the current data exist (and the gate itself only accepts a sequence trained on the
+candidate's data: registry/references.py).
+
+Scheduled on any dimension's new data: the sequence depends on every stage's data, so it is
+retrained (stages whose inputs did not change find their outputs and registered versions again).
 """
 from __future__ import annotations
 
 from airflow.sdk.exceptions import AirflowSkipException
-from airflow.sdk import DAG, AssetAll, task
+from airflow.sdk import DAG, AssetAny, task
 
-from plugins.assets import GPU_POOL, GPU_QUEUE, PREFERENCE_ASSETS
+from plugins.assets import CONTINUAL_BASELINE, GPU_POOL, GPU_QUEUE, PREFERENCE_ASSETS
 from plugins.defaults import DEFAULT_ARGS, START, config_param
 from plugins.operators import run_in_task
 
 with DAG(
     dag_id="continual_dpo_baseline",
-    # Needs every dimension's data: runs once all of them have (new) events.
-    schedule=AssetAll(*(PREFERENCE_ASSETS[d] for d in ("helpfulness", "honesty", "harmlessness"))),
+    schedule=AssetAny(*PREFERENCE_ASSETS.values()),
     start_date=START,
     catchup=False,
     max_active_runs=1,
@@ -57,5 +62,14 @@ with DAG(
     def evaluate(model_uri: str, *, params=None) -> dict:
         return run_in_task("evaluate", params, model_uri=model_uri)
 
+    @task(outlets=[CONTINUAL_BASELINE])
+    def publish(datasets: dict, stages: list[str], evaluated: list[dict], *, outlet_events=None) -> dict:
+        """Runs only when every stage is registered and evaluated (any failure upstream: no event)."""
+        extra = {"stages": list(stages), "data": {d: v["digest"] for d, v in datasets.items()}}
+        outlet_events[CONTINUAL_BASELINE].extra = extra
+        return extra
+
     base = base_model()
-    evaluate.expand(model_uri=register_stages(base, continual(base, plan())))
+    datasets = plan()
+    stages = register_stages(base, continual(base, datasets))
+    publish(datasets, stages, evaluate.expand(model_uri=stages))

@@ -33,9 +33,30 @@ def _read_scores(path: str, suite: str | None):
     return aggregate(data, _suite_for(suite))
 
 
+def _version_of(args):
+    """The registered version --model-version names, refused unless FOLDER is its content."""
+    from h3ops.digest import digest_dir
+    from registry.api import Registry
+
+    from evaluation.runner import EvalError
+
+    if not Path(args.model).is_dir():
+        raise EvalError(f"{args.model}: model folder does not exist")
+    reg = Registry(args.tracking_uri)
+    ref = reg.resolve(args.model_version)
+    want, have = ref.tags.get("h3ops.content_digest"), digest_dir(args.model)
+    if want != have:
+        raise EvalError(f"{args.model} has content {have}, but {ref.uri} holds {want}: scores belong to the "
+                        "content they were measured on; evaluate the version's own files (nothing was evaluated "
+                        "or logged)")
+    return reg, ref
+
+
 def cmd_eval(args) -> int:
     from evaluation.runner import run_suite
 
+    # Checked before evaluating: a mismatch costs nothing and leaves nothing behind.
+    reg, ref = _version_of(args) if args.model_version else (None, None)
     res = run_suite(args.model, args.suite, limit=args.limit, judge=args.judge, cache_dir=args.cache_dir,
                     out_dir=args.out, device=args.device)
     width = max(map(len, res.metrics))
@@ -47,13 +68,10 @@ def cmd_eval(args) -> int:
           f"{'  (cached)' if res.cached else ''}")
     if args.out:
         print(f"result: {Path(args.out) / 'result.json'}")
-    if args.model_version:
+    if ref is not None:
         # The registry owns MLflow: it logs an evaluation run linked to the version (tags, metrics).
-        from registry.api import Registry
-
-        reg = Registry(args.tracking_uri)
-        run_id = reg.log_evaluation(args.model_version, dict(res.metrics), res.scores, res.scores.suite_digest,
-                                    details_dir=res.details_dir)
+        run_id = reg.log_evaluation(ref, dict(res.metrics), res.scores, res.scores.suite_digest,
+                                    details_dir=res.details_dir, model_digest=res.model_digest)
         print(f"mlflow evaluation run {run_id} for {args.model_version}")
     return 0
 
@@ -121,9 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     from evaluation.runner import EvalError
     from evaluation.scoring import ScoringError
     from evaluation.suites_def import SuiteError
+    from registry.api import RegistryError
 
     try:
         return {"eval": cmd_eval, "score": cmd_score, "gate": cmd_gate}[name](args)
-    except (EvalError, SuiteError, ScoringError, GateError, DataError) as e:
+    except (EvalError, SuiteError, ScoringError, GateError, DataError, RegistryError) as e:
         print(f"h3ops {name}: error: {e}", file=sys.stderr)
         return 2

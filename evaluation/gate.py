@@ -17,31 +17,63 @@ RULES = ("average", "every_dimension")
 
 
 class GateError(ValueError):
-    """Inputs the gate refuses to compare (different suites, a bad policy)."""
+    """Inputs the gate refuses to compare (different suites, a bad policy). `field` names the
+    policy field at fault, so a config error can point at `gate.<field>`."""
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
 class GatePolicy:
-    """Per-project gate settings; defaults are the spec's.
+    """Per-project gate settings; defaults are the spec's. The pipeline config's `gate:` section
+    is validated through this class (h3ops/config.py), so fields and bounds live only here.
 
     margin: the candidate's avg must exceed each reference avg by more than this (0.0 = strictly greater).
     max_regression: no dimension average may fall below production's by more than this many points.
     rule: "average" (the spec's default), or "every_dimension" which additionally requires every
     dimension average to beat production's and the best continual checkpoint's by `margin`.
+    require_continual: with no continual-DPO scores the rule `beats_continual` fails (the platform's
+    promise is to beat both references; a missing reference is not a pass).
+    allow_unsafe_policy: a negative margin, a max_regression above 100 points (every dimension is on
+    0-100, so such a bound is no bound) or require_continual false void the promise; each is
+    refused unless this is true.
     """
     margin: float = 0.0
     max_regression: float = 1.0
     rule: str = "average"
+    require_continual: bool = True
+    allow_unsafe_policy: bool = False
+
+    # Unknown keys are errors when pydantic validates a config's `gate:` section through this class.
+    __pydantic_config__ = {"extra": "forbid"}
 
     def __post_init__(self) -> None:
         for name in ("margin", "max_regression"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise GateError(f"gate policy: {name} must be a finite number, got {v!r}")
+                raise GateError(f"gate policy: {name} must be a finite number, got {v!r}", field=name)
+        for name in ("require_continual", "allow_unsafe_policy"):
+            if not isinstance(getattr(self, name), bool):
+                raise GateError(f"gate policy: {name} must be true or false, got {getattr(self, name)!r}", field=name)
         if self.max_regression < 0:
-            raise GateError(f"gate policy: max_regression must be >= 0, got {self.max_regression}")
+            raise GateError(f"gate policy: max_regression must be >= 0, got {self.max_regression}",
+                            field="max_regression")
         if self.rule not in RULES:
-            raise GateError(f"gate policy: rule must be one of {list(RULES)}, got {self.rule!r}")
+            raise GateError(f"gate policy: rule must be one of {list(RULES)}, got {self.rule!r}", field="rule")
+        if self.allow_unsafe_policy:
+            return
+        unsafe = "; set allow_unsafe_policy: true to accept it"
+        if self.margin < 0:
+            raise GateError(f"gate policy: margin {self.margin:g} is negative: a candidate scoring below production "
+                            f"or the continual baseline would pass{unsafe}", field="margin")
+        if self.max_regression > 100:
+            raise GateError(f"gate policy: max_regression {self.max_regression:g} is above 100 points: no "
+                            f"regression of a 0-100 score would fail{unsafe}", field="max_regression")
+        if not self.require_continual:
+            raise GateError(f"gate policy: require_continual false lets a candidate pass without any continual-DPO "
+                            f"reference{unsafe}", field="require_continual")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> "GatePolicy":
@@ -78,12 +110,17 @@ class Decision:
         return asdict(self)
 
     def summary(self) -> str:
-        head = "PASS" if self.passed else "FAIL"
-        lines = [f"gate {head}: candidate {self.candidate or '?'} vs production {self.production or '(none)'}"
-                 f" [suite {self.suite}]"]
-        lines += [f"  [{'ok' if r.passed else 'FAIL'}] {r.name}: {r.detail}" for r in self.rules]
-        lines += [f"  note: {n}" for n in self.notes]
-        return "\n".join(lines)
+        return summary(self.to_dict())
+
+
+def summary(record: Mapping[str, Any]) -> str:
+    """A decision record (Decision.to_dict()) as the few lines a person reads."""
+    head = "PASS" if record.get("passed") else "FAIL"
+    lines = [f"gate {head}: candidate {record.get('candidate') or '?'} vs production "
+             f"{record.get('production') or '(none)'} [suite {record.get('suite')}]"]
+    lines += [f"  [{'ok' if r['passed'] else 'FAIL'}] {r['name']}: {r['detail']}" for r in record.get("rules", [])]
+    lines += [f"  note: {n}" for n in record.get("notes", [])]
+    return "\n".join(lines)
 
 
 def _scores(x: Scores | Mapping[str, float], suite: Any, what: str) -> Scores:
@@ -132,8 +169,14 @@ def decide(candidate: Scores | Mapping[str, float], production: Scores | Mapping
                           f"(stage {best_i + 1} of {len(cont)}) + margin {m:g}",
                           {"candidate_avg": cand.avg, "continual_avgs": [c.avg for c in cont],
                            "best_index": best_i, "margin": m}))
+    elif pol.require_continual:
+        rules.append(Rule("beats_continual", False,
+                          "no continual-DPO checkpoints to compare with: the gate needs the continual baseline "
+                          "trained on the candidate's data (policy require_continual)",
+                          {"candidate_avg": cand.avg, "continual_avgs": [], "margin": m}))
     else:
-        notes.append("no continual checkpoints given: the continual rule was not applied")
+        notes.append("no continual checkpoints given: the continual rule was not applied "
+                     "(require_continual false, an unsafe policy)")
     if prod is not None:
         drops = {d: prod.dimension(d) - cand.dimension(d) for d in DIMENSIONS}
         worst = max(drops, key=drops.get)

@@ -126,6 +126,15 @@ def plan(suite: str | Path, limit: int | None, judge: str | None) -> tuple[dict,
     return defn, {**settings, "data_digests": data_digests}, digest
 
 
+def scores_digest(suite: str | Path, limit: int | None = None, judge: str | None = None) -> str:
+    """The suite digest run_suite's scores will carry for these settings, computed without running:
+    what cached scores are looked up by (with the model's content digest)."""
+    from evaluation.scoring import measured_digest
+
+    defn, _, run_digest = plan(suite, limit, judge)
+    return measured_digest(defn["name"], run_digest)
+
+
 def _bench_limit(bench: dict, limit: int | None) -> int | None:
     own = bench.get("limit")
     return min(x for x in (own, limit) if x is not None) if (own or limit) else None

@@ -152,6 +152,12 @@ register_suite(Suite(name="full-3h-mt10", benchmarks=FULL_3H.benchmarks, scale={
                      ranges=FULL_3H.ranges, description="full-3h with MT-Bench rescaled to 0-100"))
 
 
+def measured_digest(suite: str | Suite | None, run_digest: str | None = None) -> str:
+    """The suite digest scores carry: the suite's own, folded with how the metrics were measured."""
+    s = get_suite(suite)
+    return s.digest if run_digest is None else digest_json({"suite": s.digest, "run": run_digest})
+
+
 def aggregate(metrics: Mapping[str, float], suite: str | Suite | None = None, *,
               run_digest: str | None = None) -> Scores:
     """Per-benchmark metrics → the four 3H averages of the suite (default `full-3h`).
@@ -197,6 +203,6 @@ def aggregate(metrics: Mapping[str, float], suite: str | Suite | None = None, *,
     return Scores(
         helpful_avg=dims["helpfulness"], honest_avg=dims["honesty"], harmless_avg=dims["harmlessness"],
         avg=_mean(list(dims.values())), metrics=values, suite=s.name,
-        suite_digest=s.digest if run_digest is None else digest_json({"suite": s.digest, "run": run_digest}),
+        suite_digest=measured_digest(s, run_digest),
         options=s.options() if run_digest is None else {**s.options(), "run_digest": run_digest},
     )

@@ -9,10 +9,12 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from evaluation.gate import GatePolicy
 
 # The paper's three dimensions (alignment.schema.DIMENSIONS also holds the combined ones; a
 # project trains one DPO candidate per entry here).
@@ -75,10 +77,9 @@ class Evaluation(_Strict):
     cache_dir: str | None = None
 
 
-class Gate(_Strict):
-    margin: float = 0.0
-    max_regression: float = Field(default=1.0, ge=0.0)
-    rule: Literal["average", "every_dimension"] = "average"
+# The gate section is validated by the gate's own policy class: its fields, defaults and bounds
+# (a negative margin is refused unless allow_unsafe_policy, ...) are declared once, there.
+Gate = GatePolicy
 
 
 class Registry(_Strict):
@@ -157,8 +158,12 @@ def _describe(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        # A domain validator run by pydantic (GatePolicy) names its field on the error it raised.
+        inner = getattr((e.get("ctx") or {}).get("error"), "field", None)
+        if inner:
+            where = f"{where}.{inner}"
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
+        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             msg = "unknown field"
         lines.append(f"  {where}: {msg}")
     return f"{source}: invalid pipeline config\n" + "\n".join(lines)

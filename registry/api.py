@@ -273,11 +273,21 @@ class Registry:
 
     # --- evaluation results -------------------------------------------------------------------------
     def log_evaluation(self, model_uri: str | VersionRef, metrics: Mapping[str, float], scores: Any,
-                       suite_digest: str, details_dir: str | Path | None = None) -> str:
-        """Log per-benchmark metrics and the four averages to an evaluation run linked to the version."""
+                       suite_digest: str, details_dir: str | Path | None = None, *,
+                       model_digest: str | None = None) -> str:
+        """Log per-benchmark metrics and the four averages to an evaluation run linked to the version.
+
+        Scores belong to content: the run is tagged with the version's content digest, and
+        `model_digest` (the digest of the folder that was evaluated) must be that digest."""
         from evaluation.scoring import Scores
 
         ref = self.resolve(model_uri)
+        content = ref.tags.get(f"{TAG}content_digest")
+        if not content:
+            raise RegistryError(f"{ref.uri} has no {TAG}content_digest tag: its scores could not be bound to content")
+        if model_digest is not None and model_digest != content:
+            raise RegistryError(f"{ref.uri} holds content {content}, but these scores were measured on {model_digest}: "
+                                "scores belong to the content they were measured on; nothing was logged")
         sc = scores if isinstance(scores, Scores) else Scores.from_dict(scores)
         if sc.suite_digest != suite_digest:
             raise RegistryError(f"scores were computed with suite digest {sc.suite_digest}, not {suite_digest}")
@@ -285,7 +295,7 @@ class Registry:
         exp = self.experiment_id(f"h3ops/{project_of(ref.name)}/evaluations")
         run = self.client.create_run(exp, tags={
             "mlflow.runName": f"eval-{ref.name}-v{ref.version}-{sc.suite}", f"{TAG}model_uri": ref.uri,
-            f"{TAG}suite": sc.suite, f"{TAG}suite_digest": suite_digest,
+            f"{TAG}model_digest": content, f"{TAG}suite": sc.suite, f"{TAG}suite_digest": suite_digest,
             f"{TAG}scores": json.dumps(sc.to_dict(), sort_keys=True)})
         rid = run.info.run_id
         self._log_metrics(rid, values)
@@ -308,21 +318,21 @@ class Registry:
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()])
 
     def get_scores(self, model_uri: str | VersionRef, suite_digest: str | None = None):
-        """The version's latest 3H scores (optionally only under one suite), or None if never scored."""
+        """The 3H scores measured on this version's content: the latest, or the latest under one
+        suite digest; None if never scored. Looked up by (content digest, suite digest), never by
+        the version's own tags, so a run logged for it but measured on other content never counts."""
         from evaluation.scoring import Scores
 
         ref = self.resolve(model_uri)
-        rid = ref.tags.get(f"{TAG}eval_run_id")
-        if not rid:
-            return None
-        scores = Scores.from_dict(json.loads(self.client.get_run(rid).data.tags[f"{TAG}scores"]))
-        if suite_digest is None or scores.suite_digest == suite_digest:
-            return scores
-        # The latest evaluation used another suite: look for an earlier one under the asked suite.
+        content = ref.tags.get(f"{TAG}content_digest")
         exp = self.client.get_experiment_by_name(f"h3ops/{project_of(ref.name)}/evaluations")
-        runs = [] if exp is None else self.client.search_runs(
-            [exp.experiment_id], f"tags.`{TAG}model_uri` = '{ref.uri}' and tags.`{TAG}suite_digest` = '{suite_digest}'",
-            order_by=["attributes.start_time DESC"], max_results=1)
+        if not content or exp is None:
+            return None
+        query = f"tags.`{TAG}model_digest` = '{content}'"
+        if suite_digest is not None:
+            query += f" and tags.`{TAG}suite_digest` = '{suite_digest}'"
+        runs = self.client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"],
+                                       max_results=1)
         return Scores.from_dict(json.loads(runs[0].data.tags[f"{TAG}scores"])) if runs else None
 
     # --- queries ------------------------------------------------------------------------------------
@@ -332,20 +342,10 @@ class Registry:
         return [self._ref(v) for v in sorted(found, key=lambda v: int(v.version)) if v.status == "READY"]
 
     def continual_sequence(self, project: str) -> list[VersionRef]:
-        """The latest continual-DPO sequence, stage 1 first: the newest continual version and its
-        chain of registered continual parents (matched by content digest)."""
-        refs = self.versions(project, "continual")
-        if not refs:
-            return []
-        by_digest = {r.tags.get(f"{TAG}content_digest"): r for r in refs}
-        chain = [refs[-1]]
-        while True:
-            parents = json.loads(chain[-1].tags.get(f"{TAG}parents") or "[]")
-            nxt = next((by_digest[p["digest"]] for p in parents
-                        if p.get("digest") in by_digest and by_digest[p["digest"]] not in chain), None)
-            if nxt is None:
-                return chain[::-1]
-            chain.append(nxt)
+        """The newest continual-DPO sequence, stage 1 first (registry/references.py)."""
+        from registry.references import continual_sequence
+
+        return continual_sequence(self, project)
 
     def production(self, project: str) -> VersionRef | None:
         return self._alias(project, PRODUCTION)

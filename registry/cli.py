@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from h3ops.checkpoint import CheckpointError
+from registry.api import RegistryError
 from registry.checkpoints import TAG
 
 
@@ -41,13 +42,16 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
             p.add_argument("version", nargs="*", help="versions to compare (default: all)")
     elif cmd == "promote":
         p.add_argument("--candidate", required=True, help="models:/<project>-merged/<version>")
-        p.add_argument("--decision", help="a decision JSON written by `h3ops gate` (else the gate runs here)")
+        p.add_argument("--decision", help="a decision JSON from the pipeline's gate step: verified against the "
+                                          "decision recomputed from the registry's scores (else the gate runs here)")
         p.add_argument("--margin", type=float)
         p.add_argument("--max-regression", type=float)
         p.add_argument("--rule", choices=["average", "every_dimension"])
         p.add_argument("--manifest", help="serving manifest location (local path or s3://bucket/key)")
         p.add_argument("--by")
-        p.add_argument("--reason")
+        p.add_argument("--reason", help="why (recorded on the version); required with --force")
+        p.add_argument("--force", action="store_true",
+                       help="bypass the gate (needs --reason; recorded in the audit trail)")
     elif cmd == "rollback":
         p.add_argument("--manifest")
         p.add_argument("--by")
@@ -56,7 +60,7 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
 
 
 def _registry(a):
-    from registry.api import Registry, RegistryError
+    from registry.api import Registry
 
     if not a.tracking_uri:
         raise RegistryError("no tracking server: pass --tracking-uri or set MLFLOW_TRACKING_URI")
@@ -90,33 +94,12 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells)
 
 
-def _gate(reg, a):
-    """Run the gate from registered scores: candidate, production, latest continual sequence."""
-    from evaluation.gate import GatePolicy, decide
-    from registry.api import RegistryError
+def _policy(a):
+    """The gate policy this promotion applies: the defaults, with the flags given on top."""
+    from evaluation.gate import GatePolicy
 
-    cand = reg.resolve(a.candidate)
-    cs = reg.get_scores(cand)
-    if cs is None:
-        raise RegistryError(f"{cand.uri} has no evaluation scores: evaluate it before promoting")
-    prod = reg.production(a.project)
-    ps = None
-    if prod is not None:
-        ps = reg.get_scores(prod, cs.suite_digest)
-        if ps is None:
-            raise RegistryError(f"production {prod.uri} has no scores under suite {cs.suite!r}: evaluate it first "
-                                "(its scores are never assumed)")
-    cont_refs = reg.continual_sequence(a.project)
-    cont = []
-    for r in cont_refs:
-        s = reg.get_scores(r, cs.suite_digest)
-        if s is None:
-            raise RegistryError(f"continual checkpoint {r.uri} has no scores under suite {cs.suite!r}")
-        cont.append(s)
-    policy = GatePolicy(**{k: v for k, v in (("margin", a.margin), ("max_regression", a.max_regression),
-                                              ("rule", a.rule)) if v is not None})
-    return decide(cs, ps, cont, policy, versions={"candidate": cand.uri, "production": prod.uri if prod else None,
-                                                 "continual": [r.uri for r in cont_refs]})
+    return GatePolicy(**{k: v for k, v in (("margin", a.margin), ("max_regression", a.max_regression),
+                                           ("rule", a.rule)) if v is not None})
 
 
 def main(argv: list[str]) -> int:
@@ -124,7 +107,6 @@ def main(argv: list[str]) -> int:
     a = _parser(cmd).parse_args(rest)
     from evaluation.gate import GateError
     from evaluation.scoring import ScoringError
-    from registry.api import RegistryError
 
     # MLflow prints "View run …" links on stdout; keep stdout for our own (machine-readable) output.
     out = sys.stdout
@@ -151,13 +133,20 @@ def _run(cmd: str, a, out) -> int:
         if cmd == "compare" and not a.json:
             print(f"\nMLflow UI: {reg.compare_url(a.project, [r['version'] for r in rows], a.kind)}", file=out)
     elif cmd == "promote":
+        decision = None
         if a.decision:
-            with open(a.decision) as f:
-                decision = json.load(f)
-        else:
-            decision = _gate(reg, a)
-            print(decision.summary(), file=out)
-        res = reg.promote(a.project, a.candidate, decision, by=a.by, reason=a.reason, manifest_path=a.manifest)
+            try:
+                with open(a.decision) as f:
+                    decision = json.load(f)
+            except (OSError, ValueError) as e:
+                raise RegistryError(f"{a.decision}: cannot read the decision record: {e}") from None
+        res = reg.promote(a.project, a.candidate, decision, policy=_policy(a), force=a.force, by=a.by,
+                          reason=a.reason, manifest_path=a.manifest)
+        d = res.details.get("decision") or {}
+        if d.get("rules"):
+            from evaluation.gate import summary
+
+            print(summary(d), file=out)
         print(res.message, file=out)
         return 0 if res.promoted else 1
     elif cmd == "rollback":

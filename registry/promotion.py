@@ -45,7 +45,9 @@ def _now() -> str:
 
 
 def _decision_dict(decision: Any) -> dict[str, Any]:
-    return decision.to_dict() if hasattr(decision, "to_dict") else dict(decision)
+    if hasattr(decision, "to_dict"):
+        return decision.to_dict()
+    return dict(decision) if isinstance(decision, dict) else decision  # anything else is refused
 
 
 def log_decision(reg, project: str, decision: dict[str, Any], model_uri: str) -> str:
@@ -54,6 +56,7 @@ def log_decision(reg, project: str, decision: dict[str, Any], model_uri: str) ->
     run = reg.client.create_run(exp, tags={
         "mlflow.runName": f"gate-{model_uri.rsplit('/', 2)[-2]}-v{model_uri.rsplit('/', 1)[-1]}",
         f"{TAG}model_uri": model_uri, f"{TAG}passed": str(bool(decision.get("passed"))).lower(),
+        f"{TAG}forced": str(bool(decision.get("forced"))).lower(),
         f"{TAG}suite_digest": str(decision.get("suite_digest", ""))})
     rid = run.info.run_id
     for r in decision.get("rules", []):
@@ -135,26 +138,62 @@ def _move(reg, project: str, target: VersionRef, expected: str | None, action: s
     return epoch + 1, current
 
 
-def promote(reg, project: str, model_uri: str | VersionRef, decision: Any, *, by: str | None = None,
-            reason: str | None = None, manifest_path: str | None = None) -> Promotion:
-    """Apply a gate decision: on pass, production → candidate and previous-production → old holder."""
+def promote(reg, project: str, model_uri: str | VersionRef, decision: Any = None, *, policy: Any = None,
+            force: bool = False, by: str | None = None, reason: str | None = None,
+            manifest_path: str | None = None) -> Promotion:
+    """Gate and apply: on pass, production → candidate and previous-production → old holder.
+
+    The decision is recomputed here from the registry's logged scores and `policy` (the gate's
+    defaults when None); a given `decision` record must match it (registry/decisions.py). Only
+    `force=True` with a `reason` bypasses the gate; the bypass is recorded on the version, in the
+    claim of the move and as a gate run tagged `h3ops.forced`."""
+    from registry.decisions import verified_decision
+    from registry.references import gate_inputs
+
     target = reg.resolve(model_uri)
     if target.name != model_name(project, "merged"):
         raise RegistryError(f"{target.uri}: only versions of {model_name(project, 'merged')} can hold "
                             "production; register the checkpoint as kind 'merged' first")
-    d = _decision_dict(decision)
-    if d.get("candidate") and str(d["candidate"]) != target.uri:
-        raise RegistryError(f"the decision is about {d['candidate']}, not {target.uri}")
+    if force:
+        return _force(reg, project, target, by, reason, manifest_path)
+    if decision is None:
+        from evaluation.gate import GatePolicy
+
+        pol = policy if isinstance(policy, GatePolicy) else GatePolicy.from_mapping(policy)
+        d = gate_inputs(reg, project, target).decide(pol).to_dict()
+    else:
+        d = verified_decision(reg, project, target, _decision_dict(decision), policy)
     rid = log_decision(reg, project, d, target.uri)
     if not d.get("passed"):
         cur = reg.production(project)
-        return Promotion(False, cur.uri if cur else None, None, rid, "gate failed: nothing moved")
+        return Promotion(False, cur.uri if cur else None, None, rid, "gate failed: nothing moved",
+                         details={"decision": d})
     expected = d.get("production")
     expected_version = reg.resolve(expected).version if expected else None
     epoch, old = _move(reg, project, target, expected_version, "promote", by,
                        reason or "gate passed", rid)
     result = Promotion(True, target.uri, old.uri if old else None, rid,
-                       f"production → {target.uri}" + (f" (previous {old.uri})" if old else ""), epoch)
+                       f"production → {target.uri}" + (f" (previous {old.uri})" if old else ""), epoch,
+                       details={"decision": d})
+    if manifest_path:
+        result.details["manifest"] = write_serving_manifest(reg, project, manifest_path)
+    return result
+
+
+def _force(reg, project: str, target: VersionRef, by: str | None, reason: str | None,
+           manifest_path: str | None) -> Promotion:
+    """The one way around the gate: explicit, with a reason, audited."""
+    if not (reason or "").strip():
+        raise RegistryError("a forced promotion bypasses the gate and needs a reason (--reason TEXT); it is "
+                            "recorded in the audit trail. Nothing moved")
+    cur = reg.production(project)
+    d = {"passed": True, "forced": True, "reason": reason, "candidate": target.uri,
+         "production": cur.uri if cur else None, "rules": [], "notes": ["forced promotion: the gate was bypassed"]}
+    rid = log_decision(reg, project, d, target.uri)
+    epoch, old = _move(reg, project, target, cur.version if cur else None, "force-promote", by, reason, rid)
+    result = Promotion(True, target.uri, old.uri if old else None, rid,
+                       f"production → {target.uri} (forced: {reason})" + (f" (previous {old.uri})" if old else ""),
+                       epoch, details={"decision": d})
     if manifest_path:
         result.details["manifest"] = write_serving_manifest(reg, project, manifest_path)
     return result

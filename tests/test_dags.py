@@ -76,10 +76,7 @@ def test_continual_alignment_shape(dagbag):
     from airflow.sdk.definitions.mappedoperator import MappedOperator
     assert isinstance(train, MappedOperator) and isinstance(dag.get_task("evaluate"), MappedOperator)
     assert {"method", "parameters", "dimensions"} <= set(dag.params)
-    # Scheduled on the preference assets.
-    names = {a.name for a in dag.timetable.asset_condition.objects}
-    assert {"h3ops.preferences.helpfulness", "h3ops.preferences.honesty",
-            "h3ops.preferences.harmlessness"} <= names
+    # Scheduled on the continual baseline's asset: test_alignment_waits_for_the_continual_baseline_asset.
 
 
 def test_preference_ingest_shape(dagbag):
@@ -109,3 +106,81 @@ def test_merge_benchmark_shape(dagbag):
     assert {"methods", "candidates", "base_model"} <= _upstream(dag, "merge_and_evaluate")
     assert "merge_and_evaluate" in _upstream(dag, "leaderboard")
     assert "methods" in dag.params
+
+
+def test_alignment_waits_for_the_continual_baseline_asset(dagbag):
+    """The wiring as parsed: preference data → baseline; the baseline's published asset → alignment."""
+    align, base = dagbag.dags["continual_alignment"], dagbag.dags["continual_dpo_baseline"]
+    assert {a.name for a in align.timetable.asset_condition.objects} == {"h3ops.continual_baseline"}
+    assert {a.name for a in base.timetable.asset_condition.objects} >= {
+        "h3ops.preferences.helpfulness", "h3ops.preferences.honesty", "h3ops.preferences.harmlessness"}
+    # Published only after every stage is registered and evaluated.
+    assert [o.name for o in base.get_task("publish").outlets] == ["h3ops.continual_baseline"]
+    assert {"evaluate", "register_stages"} <= _upstream(base, "publish")
+
+
+def _scheduler_creates_runs() -> set[str]:
+    """One pass of the real scheduler's run creation (SchedulerJobRunner._create_dagruns_for_dags,
+    which evaluates each DAG's asset condition against the queued asset events); returns the
+    dag_ids it created asset-triggered runs for."""
+    from airflow.jobs.job import Job
+    from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.sqlalchemy import prohibit_commit
+    from sqlalchemy import select
+
+    runner = SchedulerJobRunner(job=Job(), executors=[])
+    with create_session() as session:
+        before = set(session.scalars(select(DagRun.run_id)))
+        with prohibit_commit(session) as guard:
+            runner._create_dagruns_for_dags(guard, session)
+        created = session.execute(select(DagRun.dag_id, DagRun.run_id, DagRun.run_type)).all()
+    return {d for d, r, t in created if r not in before and str(getattr(t, "value", t)) == "asset_triggered"}
+
+
+def test_scheduler_runs_the_baseline_before_the_alignment(h3ops_airflow_db):
+    """Asset events through the real scheduler's semantics: new preference data queues the
+    continual baseline, never the alignment DAG; only the baseline's published asset does."""
+    from airflow.assets.manager import AssetManager
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
+    from airflow.models.asset import AssetDagRunQueue, AssetModel
+    from airflow.models.dag import DagModel
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import delete, select, update
+
+    from plugins.assets import CONTINUAL_BASELINE, PREFERENCE_ASSETS
+
+    watched = ("continual_alignment", "continual_dpo_baseline")
+    manager = DagBundlesManager()
+    manager.sync_bundles_to_db()
+    bundle = manager.get_bundle("dags-folder")
+    sync_bag_to_db(BundleDagBag(dag_folder=str(DAGS), bundle_path=bundle.path, bundle_name=bundle.name),
+                   bundle.name, None)
+
+    def emit(asset):
+        with create_session() as s:
+            model = s.scalar(select(AssetModel).where(AssetModel.name == asset.name))
+            assert model is not None, asset.name
+            AssetManager.register_asset_change(asset=model, extra={"test": True}, session=s)
+
+    def cleanup():
+        with create_session() as s:
+            s.execute(delete(DagRun).where(DagRun.dag_id.in_(watched), DagRun.run_type == "asset_triggered"))
+            s.execute(delete(AssetDagRunQueue).where(AssetDagRunQueue.target_dag_id.in_(watched)))
+            s.execute(update(DagModel).where(DagModel.dag_id.in_(watched)).values(is_paused=True))
+
+    cleanup()
+    with create_session() as s:
+        s.execute(update(DagModel).where(DagModel.dag_id.in_(watched)).values(is_paused=False))
+    try:
+        for d in ("helpfulness", "honesty", "harmlessness"):
+            emit(PREFERENCE_ASSETS[d])
+        assert _scheduler_creates_runs() & set(watched) == {"continual_dpo_baseline"}
+        assert _scheduler_creates_runs() & set(watched) == set()  # nothing else is waiting
+        emit(CONTINUAL_BASELINE)  # what the baseline's `publish` task emits when it succeeds
+        assert _scheduler_creates_runs() & set(watched) == {"continual_alignment"}
+    finally:
+        cleanup()

@@ -3,11 +3,13 @@
 DPO steps, a real R-TSVM merge, the real cpu-3h evaluation with a limit of one item per benchmark.
 
 One test walks the whole story in order (each stage needs the previous one's registry state):
-malformed file → quarantined, nothing registered; good files → asset events → continual baseline
-→ DPO per dimension → register → merge → register → evaluate → gate fails against continual
-checkpoints scored 100 and nothing moves; a rerun makes no duplicates; then production and continual get low
-scores logged through the registry API (tiny models' scores are flat, so both the failing and the
-passing comparison are staged this way: the merge's own scores are real), the same DAG passes the gate and promotes, serving gets its manifest, and a manual
+malformed file → quarantined, nothing registered; good files → asset events → the loop run before
+the continual baseline: DPO per dimension → register → merge → register → evaluate → gate fails for
+want of continual references and nothing moves; the continual baseline → its asset event; the
+loop again makes no duplicates and fails against continual checkpoints scored 100; then
+production and continual get low scores logged through the registry API (tiny models' scores are
+flat, so both the failing and the passing comparison are staged this way: the merge's own scores
+are real), the same DAG passes the gate and promotes, serving gets its manifest, and a manual
 rollback restores the previous production.
 """
 from __future__ import annotations
@@ -92,19 +94,9 @@ def test_continual_alignment_loop(tmp_path, mlflow_server, h3ops_dagbag, monkeyp
     assert all(e["digest"].startswith("sha256:") and e["rows"] > 0 for e in events)
     digests = {e["dimension"]: e["digest"] for e in events}
 
-    # 3. The continual-DPO baseline: three sequential stages, registered and evaluated.
-    dr = bag.dags["continual_dpo_baseline"].test(run_conf=conf)
-    assert set(_states(dr).values()) == {"success"}, _states(dr)
-    stages = reg.versions(cfg.project, "continual")
-    assert [v.tags["h3ops.dimension"] for v in stages] == list(DIMS)
-    assert json.loads(stages[1].tags["h3ops.parents"])[0]["uri"] == stages[0].uri  # stage 2 ← stage 1
-    assert all(reg.get_scores(v.uri) is not None for v in stages)
-    # Make the continual baseline unbeatable (every metric 100, logged as a real evaluation run):
-    # the merge below is then a worse candidate whatever tiny float differences do to its scores.
-    for v in stages:
-        _chosen_scores(reg, cfg, v.uri, 100.0)
-
-    # 4. The loop: DPO per dimension → register → merge → register → evaluate → gate → promote.
+    # 3. The loop run before the continual baseline exists (a manual trigger: on schedule it waits
+    #    for the baseline's asset): DPO per dimension → register → merge → register → evaluate →
+    #    gate. With no continual reference for this data the gate fails and says why; nothing moves.
     dr = bag.dags["continual_alignment"].test(run_conf=conf)
     states = _states(dr)
     assert set(states.values()) == {"success"}, states
@@ -119,17 +111,39 @@ def test_continual_alignment_loop(tmp_path, mlflow_server, h3ops_dagbag, monkeyp
     assert sorted(p["uri"] for p in json.loads(merged.tags["h3ops.parents"])) == sorted(v.uri for v in cands)
     assert merged.tags["h3ops.base_digest"] == cands[0].tags["h3ops.base_digest"]
     assert reg.get_scores(merged.uri) is not None
-    # Worse than the continual checkpoints → the gate fails and says why.
     decision = _xcom(dr, "gate")
-    assert decision["passed"] is False and decision["candidate"] == merged.uri
-    assert [r["passed"] for r in decision["rules"] if r["name"] == "beats_continual"] == [False]
+    assert decision["passed"] is False and decision["candidate"] == merged.uri and decision["continual"] == []
+    (rule,) = [r for r in decision["rules"] if r["name"] == "beats_continual"]
+    assert rule["passed"] is False and "no continual" in rule["detail"], rule
+    assert _xcom(dr, "promote")["promoted"] is False
     assert reg.production(cfg.project) is None  # a failed gate moves nothing
 
-    # 5. Rerunning the whole DAG (what clearing every task does) registers nothing new.
+    # 4. The continual-DPO baseline: three sequential stages, registered and evaluated, then the
+    #    asset event the loop is scheduled on, naming the stages and the data they were trained on.
+    dr = bag.dags["continual_dpo_baseline"].test(run_conf=conf)
+    assert set(_states(dr).values()) == {"success"}, _states(dr)
+    stages = reg.versions(cfg.project, "continual")
+    assert [v.tags["h3ops.dimension"] for v in stages] == list(DIMS)
+    assert json.loads(stages[1].tags["h3ops.parents"])[0]["uri"] == stages[0].uri  # stage 2 ← stage 1
+    assert all(reg.get_scores(v.uri) is not None for v in stages)
+    (published,) = _asset_events(dr.run_id)
+    assert published["asset"] == "h3ops.continual_baseline"
+    assert published["stages"] == [v.uri for v in stages] and published["data"] == digests
+    # Make the continual baseline unbeatable (every metric 100, logged as a real evaluation run):
+    # the merge is then a worse candidate whatever tiny float differences do to its scores.
+    for v in stages:
+        _chosen_scores(reg, cfg, v.uri, 100.0)
+
+    # 5. The loop again (what clearing every task does): it registers nothing new, and the gate now
+    #    compares with the continual stages of the same data and fails on the numbers.
     dr = bag.dags["continual_alignment"].test(run_conf=conf)
     assert set(_states(dr).values()) == {"success"}
     assert len(reg.versions(cfg.project, "candidate")) == 3
     assert [v.version for v in reg.versions(cfg.project, "merged")] == [merged.version]
+    decision = _xcom(dr, "gate")
+    assert decision["passed"] is False and decision["continual"] == [v.uri for v in stages]
+    assert [r["passed"] for r in decision["rules"] if r["name"] == "beats_continual"] == [False]
+    assert reg.production(cfg.project) is None
 
     # 6. A first production model (the base, bootstrapped), then low scores logged for production
     #    and the continual stages: now the same merge beats both and the gate promotes it.

@@ -163,11 +163,14 @@ def test_gate_promote_fail_missing_rollback_and_manifests(mlflow_server, tiny_ca
         m = row("5", f"Continual DPO Training Stage{i}")
         reg.log_evaluation(ref.uri, m, aggregate(m), aggregate(m).suite_digest)
     assert [r.version for r in reg.continual_sequence(project)] == ["1", "2", "3"]
-    tsvm = _register_merged(reg, ck, project, "tsvm", row("5", "TSVM"))
+    # Scores belong to content: every merged version here is its own checkpoint.
+    merges = {t: make_candidate(ck, tmp_path / f"merged-{t}", seed=20 + i)
+              for i, t in enumerate(("tsvm", "better", "della", "unscored"))}
+    tsvm = _register_merged(reg, merges["tsvm"], project, "tsvm", row("5", "TSVM"))
     better_metrics = {**row("5", "TSVM"), "or_bench": row("5", "TSVM")["or_bench"] + 2.0}
-    better = _register_merged(reg, ck, project, "better", better_metrics)
-    della = _register_merged(reg, ck, project, "della", row("5", "DELLA Ties"))
-    unscored = _register_merged(reg, ck, project, "unscored", None)
+    better = _register_merged(reg, merges["better"], project, "better", better_metrics)
+    della = _register_merged(reg, merges["della"], project, "della", row("5", "DELLA Ties"))
+    unscored = _register_merged(reg, merges["unscored"], project, "unscored", None)
 
     # First run: no production, only the continual rule (65.11 > 64.85) → promoted.
     s3_manifest = f"s3://{mlflow_server.s3.bucket}/serving/{project}.json"
@@ -194,7 +197,7 @@ def test_gate_promote_fail_missing_rollback_and_manifests(mlflow_server, tiny_ca
     assert reg.production(project).uri == better and reg.previous_production(project).uri == tsvm
     body = mlflow_server.s3.client().get_object(Bucket=mlflow_server.s3.bucket, Key=f"serving/{project}.json")
     doc = json.loads(body["Body"].read())
-    assert doc["model_uri"] == better and doc["content_digest"] == digest_dir(ck)
+    assert doc["model_uri"] == better and doc["content_digest"] == digest_dir(merges["better"])
     assert doc["scores"]["avg"] == pytest.approx(aggregate(better_metrics).avg)
     assert reg.resolve(better).tags["h3ops.promoted_by"] == "ops"
     # Rollback swaps back; the local manifest follows.
@@ -218,12 +221,11 @@ from registry.api import Registry
 from registry.promotion import PromotionConflict
 url, project, cand, go = sys.argv[1:5]
 reg = Registry(url)
-decision = {"passed": True, "candidate": cand, "production": None, "rules": []}
 pathlib.Path(go + "." + cand.rsplit("/", 1)[-1]).touch()
 while not pathlib.Path(go).exists():
     time.sleep(0.01)
-try:
-    print(reg.promote(project, cand, decision).message)
+try:  # forced (no scores needed): the race is about moving the alias, which every promotion shares
+    print(reg.promote(project, cand, None, force=True, reason="race test").message)
 except PromotionConflict as e:
     print("CONFLICT", e)
     sys.exit(3)
@@ -246,7 +248,7 @@ def test_concurrent_promotions_exactly_one_wins(mlflow_server, tiny_candidates, 
     assert codes == [0, 3], "\n".join(f"--- rc {p.returncode}\n{o[0][-3000:]}\n{o[1][-6000:]}" for p, o in zip(procs, outs))
     winner = (a, b)[[p.returncode for p in procs].index(0)]
     loser_out = outs[[p.returncode for p in procs].index(3)][0]
-    assert "CONFLICT" in loser_out and ("concurrent promote" in loser_out or "moved since" in loser_out)
+    assert "CONFLICT" in loser_out and ("concurrent force-promote" in loser_out or "moved since" in loser_out)
     assert reg.production(project).uri == winner
     assert reg.previous_production(project) is None
 
@@ -255,8 +257,9 @@ def test_concurrent_promotions_exactly_one_wins(mlflow_server, tiny_candidates, 
 def compared(mlflow_sqlite, tiny_candidates):
     reg = Registry(mlflow_sqlite.url)
     project = unique("cmp")
-    uris = [_register_merged(reg, tiny_candidates[0], project, t, row("5", m))
-            for t, m in (("ta", "Task Arithmetic"), ("ts", "TSVM"))]
+    # Two checkpoints: scores belong to content, so one folder cannot carry two score sets.
+    uris = [_register_merged(reg, tiny_candidates[i], project, t, row("5", m))
+            for i, (t, m) in enumerate((("ta", "Task Arithmetic"), ("ts", "TSVM")))]
     return reg, project, uris
 
 

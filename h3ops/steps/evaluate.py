@@ -28,10 +28,19 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
+def expected_suite_digest(cfg: PipelineConfig) -> str:
+    """The suite digest this config's evaluation settings (suite, limit, judge, data) measure under."""
+    from evaluation.runner import scores_digest
+
+    ev = cfg.evaluation
+    return scores_digest(ev.suite, ev.limit, ev.judge)
+
+
 def existing_scores(cfg: PipelineConfig, model_uri: str) -> dict | None:
-    """Scores already logged for this model with this suite, or None."""
-    got = registry(cfg).get_scores(model_uri)
-    if got is None or got.suite != cfg.evaluation.suite:
+    """Scores already logged for this model's content under this config's suite digest, or None.
+    Keyed by (content digest, suite digest), not the suite's name: a changed limit re-evaluates."""
+    got = registry(cfg).get_scores(model_uri, expected_suite_digest(cfg))
+    if got is None:
         return None
     return {"metrics": dict(got.metrics), "scores": got.to_dict(), "suite_digest": got.suite_digest}
 
@@ -48,8 +57,8 @@ def evaluate(cfg: PipelineConfig, model_uri: str, *, force: bool = False) -> dic
     result = run_suite(str(local_model(cfg, model_uri)), ev.suite, limit=ev.limit, judge=ev.judge,
                        cache_dir=ev.cache_dir or str(workdir(cfg, "eval-cache")),
                        out_dir=str(workdir(cfg, "eval", safe)))
-    # The registry keys scores by the scoring suite's digest (what the gate compares).
+    # The registry binds scores to (the evaluated folder's content digest, the scores' suite digest).
     registry(cfg).log_evaluation(model_uri, dict(result.metrics), result.scores, result.scores.suite_digest,
-                                 details_dir=result.details_dir)
+                                 details_dir=result.details_dir, model_digest=result.model_digest)
     return {"model_uri": model_uri, "metrics": _plain(result.metrics), "scores": result.scores.to_dict(),
             "suite_digest": result.scores.suite_digest, "cached": False}

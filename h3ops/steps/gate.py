@@ -8,13 +8,12 @@ from h3ops.config import PipelineConfig
 from h3ops.steps import step
 from h3ops.steps.common import registry
 from h3ops.steps.evaluate import _plain
-from h3ops.steps.register import ref_dict, register
+from h3ops.steps.register import register
 
 
 def policy(cfg: PipelineConfig):
-    from evaluation.gate import GatePolicy
-    g = cfg.gate
-    return GatePolicy(margin=g.margin, max_regression=g.max_regression, rule=g.rule)
+    """The config's gate section is already an evaluation.gate.GatePolicy (validated at load)."""
+    return cfg.gate
 
 
 @step("production")
@@ -23,41 +22,34 @@ def production_uri(cfg: PipelineConfig) -> str | None:
     return ref.uri if ref else None
 
 
-def _scores_of(reg, uri: str):
-    got = reg.get_scores(uri)
-    if got is None:
-        raise LookupError(f"gate: no evaluation scores for {uri}; run the evaluate step first")
-    return got
-
-
 @step("continual_latest")
 def continual_latest(cfg: PipelineConfig) -> list[str]:
-    """URIs of the newest registered continual checkpoint for each stage of continual.order."""
-    latest: dict[str, Any] = {}
-    for v in registry(cfg).versions(cfg.project, "continual"):  # ascending versions
-        dim = v.tags.get("h3ops.dimension")
-        if dim:
-            latest[dim] = v
-    return [latest[d].uri for d in cfg.continual_order if d in latest]
+    """URIs of the newest registered continual-DPO sequence, stage 1 first (for reports; the gate
+    compares with the sequence trained on the candidate's own data, see compared_models)."""
+    from registry.references import continual_sequence
+    return [r.uri for r in continual_sequence(registry(cfg), cfg.project)]
 
 
 @step("compared_models")
-def compared_models(cfg: PipelineConfig) -> list[str]:
-    """What the gate compares a candidate against: production, then the continual checkpoints."""
-    prod = production_uri(cfg)
-    return ([prod] if prod else []) + continual_latest(cfg)
+def compared_models(cfg: PipelineConfig, candidate_uri: str) -> list[str]:
+    """What the gate compares `candidate_uri` with: production, then the continual stages trained
+    on the candidate's data (registry.references, the one place that choice is made)."""
+    from registry.references import references
+    reg = registry(cfg)
+    prod, stages, _ = references(reg, cfg.project, reg.resolve(candidate_uri))
+    return [r.uri for r in ([prod] if prod else []) + stages]
 
 
 @step("gate")
-def gate(cfg: PipelineConfig, candidate_uri: str, *, continual_uris: list[str] | None = None) -> dict:
-    """→ the decision record (passed, rules with numbers, versions compared, suite digest)."""
-    from evaluation.gate import decide
-    reg = registry(cfg)
-    prod = production_uri(cfg)
-    cont = list(continual_latest(cfg) if continual_uris is None else continual_uris)
-    decision = decide(_scores_of(reg, candidate_uri), _scores_of(reg, prod) if prod else None,
-                      [_scores_of(reg, u) for u in cont], policy(cfg),
-                      versions={"candidate": candidate_uri, "production": prod, "continual": cont})
+def gate(cfg: PipelineConfig, candidate_uri: str) -> dict:
+    """→ the decision record (passed, rules with numbers, versions compared, suite digest).
+
+    Every version's scores are looked up under the suite digest this config measures with, bound to
+    the version's content digest."""
+    from h3ops.steps.evaluate import expected_suite_digest
+    from registry.references import gate_inputs
+    inputs = gate_inputs(registry(cfg), cfg.project, candidate_uri, suite_digest=expected_suite_digest(cfg))
+    decision = inputs.decide(policy(cfg))
     out = _plain(decision.to_dict())
     out["summary"] = decision.summary()
     return out
@@ -65,18 +57,21 @@ def gate(cfg: PipelineConfig, candidate_uri: str, *, continual_uris: list[str] |
 
 @step("promote")
 def promote(cfg: PipelineConfig, candidate_uri: str, decision: dict) -> dict:
-    """Apply a decision: on pass production → candidate; on fail nothing moves (decision logged)."""
-    result = registry(cfg).promote(cfg.project, candidate_uri, decision)
-    return {"promoted": bool(result.promoted), "production": result.production,
-            "previous": result.previous, "message": result.message}
+    """Apply a decision: the registry recomputes it from its logged scores and this config's policy
+    and refuses a record that disagrees; on pass production → candidate, on fail nothing moves."""
+    return _outcome(registry(cfg).promote(cfg.project, candidate_uri, decision, policy=policy(cfg)))
 
 
 @step("promote_manual")
 def promote_manual(cfg: PipelineConfig, model_uri: str, reason: str = "manual promotion") -> dict:
-    """An ops decision: move production to `model_uri` without the gate, recorded as manual."""
-    decision = {"passed": True, "manual": True, "reason": reason, "candidate": model_uri,
-                "production": production_uri(cfg), "rules": [], "notes": ["manual promotion, no gate"]}
-    return promote(cfg, model_uri, decision)
+    """An ops decision: move production to `model_uri` without the gate (a forced promotion, its
+    reason recorded in the audit trail)."""
+    return _outcome(registry(cfg).promote(cfg.project, model_uri, None, force=True, reason=reason))
+
+
+def _outcome(result) -> dict:
+    return {"promoted": bool(result.promoted), "production": result.production,
+            "previous": result.previous, "message": result.message}
 
 
 @step("bootstrap_production")
