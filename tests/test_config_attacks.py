@@ -110,8 +110,9 @@ def _nested(bomb: str, key: str, use: str) -> str:
 
 @pytest.mark.parametrize("argv, text", [
     (["merge", "{f}", "{out}"], "merge_method: ties\nbase_model: .\n" + _nested(BOMB, "parameters", "models: *i")),
-    (["config", "check", "{f}"], "project: p\nbase_model: tiny\ndimensions: [{name: honesty, landing: /l}]\n"
-                                 "merge:\n  method: ties\n  parameters: {density: *i}\n" + _nested(BOMB, "x", "")),
+    (["config", "check", "{f}"], _nested(BOMB, "x", "project: p\nbase_model: tiny\n"
+                                                    "dimensions: [{name: honesty, landing: /l}]\n"
+                                                    "merge:\n  method: ties\n  parameters: {density: *i}")),
     (["gate", "{scores}", "--policy", "{f}"], _nested(BOMB, "anchors", "margin: *i")),
 ])
 def test_alias_bomb_fails_fast_small_and_short(tmp_path, argv, text):
