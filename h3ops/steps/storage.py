@@ -35,16 +35,22 @@ def list_files(location: str, pattern: str = "*", client: Any = None) -> list[st
     root = Path(location.removeprefix("file://"))
     if not root.is_dir():
         return []
-    return sorted(str(p.resolve()) for p in root.glob(pattern) if p.is_file() and not p.name.startswith("."))
+    # Links are listed, not resolved: ingest refuses them (never read through a link) and says so.
+    root = root.resolve()
+    return sorted(str(p) for p in root.glob(pattern)
+                  if (p.is_symlink() or p.is_file()) and not p.name.startswith("."))
 
 
 def fetch(uri: str, dest_dir: Path, client: Any = None) -> Path:
-    """A local copy of one landed file (local files are used in place)."""
+    """A local copy of one landed file (local files are used in place). An S3 object is staged
+    under a name derived from its whole key, inside `dest_dir`; a key that could escape is refused."""
+    from alignment.sources import staged_path
+
     if not uri.startswith("s3://"):
         return Path(uri)
+    dest = staged_path(dest_dir, uri)  # ValueError for hostile keys, before any I/O
     bucket, key = split_s3(uri)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    dest = dest_dir / key.rsplit("/", 1)[-1]
     tmp = dest.with_name(f".{dest.name}.part")
     _client(client).download_file(bucket, key, str(tmp))
     tmp.replace(dest)
