@@ -2,8 +2,8 @@
 
 Every error names the offending field by its dotted path (`dimensions.1.landing`), so a typo in a
 config is found at load time, before any task has run. Nothing here imports MLflow or Airflow; the
-merge section is checked against the merge engine's declarations (h3ops.config_checks), which
-imports torch once per process.
+merge and DPO sections are checked against the merge engine's declarations and alignment's DPO
+settings (h3ops.config_checks).
 """
 from __future__ import annotations
 
