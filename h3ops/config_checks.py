@@ -3,10 +3,13 @@
 At load (validate_config): the merge method, its parameters and dtype through the merge engine's own
 declarations (merging.method's registry), the DPO preset and overrides through alignment's
 DPOSettings — so a typo fails before hours of training, not at the merge step after them.
-Reading the registry imports the method modules and with them torch: the declarations, including
-cross-parameter checks such as TIES' density range, live in those modules, and a copy of them here
-would drift. Loading a config already imported torch before these checks (bench/README.md: 1.3 s,
-231 MB for a fresh load either way), so this costs nothing new.
+
+The declarations, including cross-parameter checks such as TIES' density range, live in the method
+modules, which import torch; a copy here would drift. A process without torch (the sensor, the
+triggerer, ingest and gate tasks, the CLI) must not pay 1.5 s and 200 MB for it on every load, so
+the merge check runs in a child interpreter and its answer is cached by (merging's source digest,
+merge section, model count): the first load of a new merge section costs ~1.5 s of a child, later
+loads read one small file (bench/README.md). A process that already has torch checks in-process.
 
 `h3ops config check` (and the train step, before loading any model) also builds TRL's DPOConfig
 from the settings: TRL and transformers take ~10 s to import, too slow for every config load.
@@ -14,8 +17,11 @@ from the settings: TRL and transformers take ~10 s to import, too slow for every
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
+import os
 import re
+import subprocess
 import sys
 import tempfile
 import typing
@@ -35,7 +41,53 @@ def _closest(word: str, options: list[str]) -> str | None:
     return close[0] if close else None
 
 
+def _merging_code_digest() -> str:
+    import importlib.util
+
+    root = Path(importlib.util.find_spec("merging").origin).parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("H3OPS_CACHE") or Path.home() / ".cache" / "h3ops") / "config-checks"
+
+
+_CHILD = ("import json, sys; from h3ops.config_checks import merge_problems_here as check; "
+          "print(json.dumps(check(json.loads(sys.argv[1]), int(sys.argv[2]))))")
+
+
 def merge_problems(merge: Any, n_models: int) -> list[Problem]:
+    """merge_problems_here, in a child interpreter unless torch is already loaded; cached."""
+    if not isinstance(merge, dict):
+        return []
+    if "torch" in sys.modules:
+        return merge_problems_here(merge, n_models)
+    from h3ops.atomic import write_json
+    from h3ops.digest import digest_json
+
+    text = json.dumps(merge, sort_keys=True, default=str)
+    cache = _cache_dir() / f"{digest_json([_merging_code_digest(), text, n_models]).split(':')[1][:32]}.json"
+    try:
+        return [tuple(p) for p in json.loads(cache.read_text())]
+    except (OSError, ValueError):
+        pass
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
+    res = subprocess.run([sys.executable, "-c", _CHILD, text, str(n_models)], capture_output=True, text=True,
+                         env=env, timeout=300)
+    if res.returncode != 0:  # the engine itself is broken: say so rather than pass the config unchecked
+        return [("merge", f"could not be checked against the merge engine: {res.stderr.strip()[-300:]}")]
+    problems = [tuple(p) for p in json.loads(res.stdout.strip().splitlines()[-1])]
+    try:
+        write_json(cache, problems)
+    except OSError:
+        pass  # an unwritable cache only costs the next load another child
+    return problems
+
+
+def merge_problems_here(merge: Any, n_models: int) -> list[Problem]:
     from merging.config import DTYPE_NAMES
     from merging.method import MergeConfigError, available_methods, get_method
 

@@ -161,3 +161,18 @@ def test_safe_yaml_bounds():
     with pytest.raises(YamlError) as e:
         loads("key: [" + "x, " * 200_000 + "\n  : bad")
     assert len(str(e.value)) <= 600
+
+
+def test_config_load_stays_torch_free_and_still_checks_the_merge(tmp_path):
+    """The sensor and triggerer load configs: the merge check runs in a child, cached, not in them."""
+    code = ("import sys\nfrom h3ops.config import ConfigError, validate_config\n"
+            f"base = {BASE!r}\n"
+            "validate_config(base)\n"
+            "try:\n    validate_config({**base, 'merge': {'method': 'ties', 'parameters': {'density': -1}}})\n"
+            "except ConfigError as e:\n    print('REFUSED', 'merge.parameters.density' in str(e))\n"
+            "print('TORCH', 'torch' in sys.modules)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "H3OPS_CACHE": str(tmp_path / "cache")}
+    for _ in range(2):  # cold cache (child interpreter), then warm (cached answer)
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert "REFUSED True" in res.stdout and "TORCH False" in res.stdout, res.stdout + res.stderr[-1500:]
+    assert len(list((tmp_path / "cache" / "config-checks").glob("*.json"))) == 2
