@@ -255,5 +255,13 @@ def test_s3_burst_with_poison_and_colliding_keys_lands_every_good_row_once(tmp_p
     ids = [json.loads(x)["id"] for f in ("train.jsonl", "eval.jsonl") for x in (ds / f).read_text().splitlines()]
     assert len(ids) == len(set(ids)) == 27
     assert len(out["quarantined"]) == 4
+    staged = {p: p.stat().st_mtime_ns for p in (tmp_path / "work" / "landing").rglob("*") if p.is_file()}
+    assert len(staged) == 13  # 9 good + 4 poison objects, each under its own name
     again = run_step("ingest", cfg, {"dimension": DIM, "s3_client": client})
     assert again["processed"] == [] and again["digest"] == out["digest"] and again["new"] is False
+    assert {p: p.stat().st_mtime_ns for p in staged} == staged, "a rerun downloads nothing again"
+    # The sender fixes one poison object: a new ETag, so it is fetched and retried; its rows join once.
+    client.put_object(Bucket=s3_server.bucket, Key=f"{prefix}/teamA/utf16.jsonl", Body=jsonl([row(7), row(65000)]))
+    fixed = run_step("ingest", cfg, {"dimension": DIM, "s3_client": client})
+    assert fixed["processed"] == [f"s3://{s3_server.bucket}/{prefix}/teamA/utf16.jsonl"] and fixed["new"] is True
+    assert fixed["rows"] + fixed["eval_rows"] == 28  # row(7) is new; row(65000) is teamA/batch0's, kept once

@@ -13,11 +13,12 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from alignment.sources import staged_path
 from h3ops.config import PipelineConfig
 from h3ops.digest import digest_file, digest_json, short
 from h3ops.steps import step
 from h3ops.steps.common import read_json, workdir, write_json
-from h3ops.steps.storage import fetch, list_files
+from h3ops.steps.storage import fetch, list_files, remote_version
 
 
 def ledger_path(cfg: PipelineConfig, dimension: str):
@@ -55,6 +56,19 @@ def _content_digest(local: Path) -> str:
     return "symlink:" + os.readlink(local) if local.is_symlink() else digest_file(local)
 
 
+def _local_copy(uri: str, staging: Path, before: dict | None, client: Any, versions: dict) -> Path:
+    """The file to read: local files in place; an S3 object downloaded only when its ETag differs
+    from the ledger's (or its staged copy is gone or altered), so a rerun re-downloads nothing."""
+    if not uri.startswith("s3://"):
+        return fetch(uri, staging, client=client)
+    staged = staged_path(staging, uri)  # refuses a hostile key before any request
+    versions[uri] = remote_version(uri, client)
+    if before and before.get("etag") == versions[uri] and staged.is_file() \
+            and digest_file(staged) == before.get("digest"):
+        return staged
+    return fetch(uri, staging, client=client)
+
+
 @step("ingest")
 def ingest(cfg: PipelineConfig, dimension: str, *, files: list[str] | None = None,
            s3_client: Any = None) -> dict:
@@ -73,16 +87,17 @@ def ingest(cfg: PipelineConfig, dimension: str, *, files: list[str] | None = Non
     names: dict[str, str] = {}
     digests: dict[str, str] = {}
     processed: list[str] = []
+    versions: dict[str, str | None] = {}
     for uri in files:
+        before = ledger.get(uri)
         try:
-            local = fetch(uri, staging, client=s3_client)
+            local = _local_copy(uri, staging, before, s3_client, versions)
         except ValueError as e:  # a hostile S3 key: refused, never written anywhere
-            if ledger.get(uri, {}).get("outcome") != "refused":
+            if (before or {}).get("outcome") != "refused":
                 processed.append(uri)
             ledger[uri] = {"digest": None, "outcome": "refused", "rows": 0, "reason": str(e)}
             continue
         digests[uri] = _content_digest(local)
-        before = ledger.get(uri)
         if before and before["digest"] == digests[uri]:
             if before["outcome"] != "ingested":
                 continue  # quarantined or refused: not retried until the content changes
@@ -102,7 +117,8 @@ def ingest(cfg: PipelineConfig, dimension: str, *, files: list[str] | None = Non
         out = {"dimension": dimension, "uri": None, "digest": None, "rows": 0, "error": str(e)}
         outcomes = e.files
     for o in outcomes:
-        ledger[o["path"]] = {"digest": digests[o["path"]], "outcome": o["outcome"], "rows": o["rows"]}
+        ledger[o["path"]] = {"digest": digests[o["path"]], "outcome": o["outcome"], "rows": o["rows"],
+                             "etag": versions.get(o["path"])}
     write_json(_files_path(cfg, dimension), ledger)
     out["quarantined"] = sorted(u for u in processed if ledger.get(u, {}).get("outcome") == "quarantined")
     out["refused"] = sorted(u for u in processed if ledger.get(u, {}).get("outcome") == "refused")

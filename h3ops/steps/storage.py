@@ -55,3 +55,11 @@ def fetch(uri: str, dest_dir: Path, client: Any = None) -> Path:
     _client(client).download_file(bucket, key, str(tmp))
     tmp.replace(dest)
     return dest
+
+
+def remote_version(uri: str, client: Any = None) -> str | None:
+    """An S3 object's ETag (it changes when the content does); None for a local file."""
+    if not uri.startswith("s3://"):
+        return None
+    bucket, key = split_s3(uri)
+    return _client(client).head_object(Bucket=bucket, Key=key)["ETag"]
