@@ -265,3 +265,31 @@ def test_s3_burst_with_poison_and_colliding_keys_lands_every_good_row_once(tmp_p
     fixed = run_step("ingest", cfg, {"dimension": DIM, "s3_client": client})
     assert fixed["processed"] == [f"s3://{s3_server.bucket}/{prefix}/teamA/utf16.jsonl"] and fixed["new"] is True
     assert fixed["rows"] + fixed["eval_rows"] == 28  # row(7) is new; row(65000) is teamA/batch0's, kept once
+
+
+def test_preference_ingest_dag_survives_a_poison_burst(tmp_path, h3ops_dagbag):
+    """Airflow's dag.test(): a burst with poison files and a link still emits the dimension's event,
+    every good row lands once, and the sensor then finds nothing new (nothing retried)."""
+    from tests.test_e2e_loop import _asset_events, _states
+
+    cfg_path = tiny_config(tmp_path, dims=(DIM,))
+    landing = tmp_path / "landing" / DIM
+    landing.mkdir(parents=True)
+    for b in range(3):
+        (landing / f"good{b}.jsonl").write_bytes(jsonl([row(10 * b + k) for k in range(3)]))
+    (landing / "deep.jsonl").write_bytes(b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    (landing / "surrogate.jsonl").write_bytes(b'{"prompt": "\\ud800", "chosen": "a", "rejected": "b"}\n')
+    (landing / "utf16.jsonl").write_bytes(jsonl([row(99)]).decode().encode("utf-16"))
+    (landing / "passwd.jsonl").symlink_to("/etc/passwd")
+    dag = h3ops_dagbag.dags["preference_ingest"]
+    dr = dag.test(run_conf={"config": str(cfg_path)})
+    assert str(dr.state) in ("success", "DagRunState.SUCCESS"), _states(dr)
+    events = _asset_events(dr.run_id)
+    assert [e["asset"] for e in events] == [f"h3ops.preferences.{DIM}"]
+    ds = Path(events[0]["uri"])
+    ids = [json.loads(x)["id"] for f in ("train.jsonl", "eval.jsonl") for x in (ds / f).read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 9
+    outcomes = sorted(v["outcome"] for v in _ledger(load_config(cfg_path)).values())
+    assert outcomes == ["ingested"] * 3 + ["quarantined"] * 3 + ["refused"]
+    from plugins.sensors import find_new_files
+    assert find_new_files(str(cfg_path)) == {}, "the sensor sees nothing to retry"
