@@ -65,6 +65,12 @@ def merge_problems(merge: Any, n_models: int) -> list[Problem]:
         return []
     if "torch" in sys.modules:
         return merge_problems_here(merge, n_models)
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        # An Airflow-only environment (no ML stack): the ML tasks that merge load the config too,
+        # and check it there before any training.
+        return []
     from h3ops.atomic import write_json
     from h3ops.digest import digest_json
 
