@@ -34,6 +34,10 @@ class Record:
     fault: str | None = None  # why the line could not be read at all
 
 
+class RefusedKey(ValueError):
+    """An S3 key that could name a place outside the staging folder."""
+
+
 class FileFault(Exception):
     """A whole file that cannot be read (symbolic link, wrong encoding, broken Parquet)."""
 
@@ -152,7 +156,7 @@ def staged_path(staging: Path, uri: str) -> Path:
     key = uri[len("s3://"):].partition("/")[2]
     segments = key.split("/")
     if not key or any(seg in ("", ".", "..") for seg in segments) or "\\" in key or "\x00" in key:
-        raise ValueError(f"{uri}: S3 key refused (empty, '.' or '..' path segments could escape the staging folder)")
+        raise RefusedKey(f"{uri}: S3 key refused (empty, '.' or '..' path segments could escape the staging folder)")
     base = re.sub(r"[^A-Za-z0-9._-]", "_", segments[-1]).lstrip(".") or "object"
     return staging / f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}-{base}"
 
@@ -160,6 +164,8 @@ def staged_path(staging: Path, uri: str) -> Path:
 def expand_local(source: str | Path) -> list[Path]:
     """A file, or every preference file under a folder (sorted, so builds are reproducible)."""
     p = Path(source)
+    if p.is_symlink():
+        return [p]  # refused by read_records, never followed (also not into a linked folder)
     if p.is_dir():
         # Links are listed too (rglob never descends into linked folders) so they are refused with a
         # report instead of silently skipped or followed.
@@ -203,7 +209,7 @@ def fetch_s3(uri: str, into: Path) -> list[tuple[str, Path | None]]:
         name = f"s3://{bucket}/{k}"
         try:
             local = staged_path(into, name)
-        except ValueError:
+        except RefusedKey:
             out.append((name, None))  # refused, reported by the builder
             continue
         client.download_file(bucket, k, str(local))

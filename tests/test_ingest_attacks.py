@@ -110,6 +110,11 @@ def test_symlinks_in_a_source_folder_are_refused_and_never_copied(tmp_path):
     outside.write_bytes(jsonl([row(i) for i in range(50, 53)]))
     (src / "link-out.jsonl").symlink_to(outside)
     (src / "passwd.jsonl").symlink_to("/etc/passwd")
+    linked_dir = tmp_path / "linked"
+    linked_dir.mkdir()
+    (linked_dir / "inside.jsonl").write_bytes(jsonl([row(i) for i in range(70, 73)]))
+    (src / "dir.jsonl").symlink_to(linked_dir)  # a link to a folder, named like a file
+    (src / "sub").symlink_to(linked_dir)  # and a linked folder
     qdir = tmp_path / "q"
     ref = build_dataset([src], tmp_path / "ds", dimension=DIM, eval_holdout=0, quarantine_dir=qdir)
     assert ref.rows == 3, "nothing read through a link"
@@ -119,7 +124,7 @@ def test_symlinks_in_a_source_folder_are_refused_and_never_copied(tmp_path):
     assert not any(passwd in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink())
     report = json.loads((tmp_path / "ds" / "report.json").read_text())
     refused = {Path(r["path"]).name: r["faults"] for r in report if r["faults"]}
-    assert set(refused) == {"link-out.jsonl", "passwd.jsonl"}
+    assert set(refused) == {"link-out.jsonl", "passwd.jsonl", "dir.jsonl"}
     assert all("symbolic link" in f[0]["reason"] for f in refused.values())
 
 
@@ -194,9 +199,11 @@ def test_local_landing_symlink_is_refused_by_ingest(tmp_path):
     outside = tmp_path / "elsewhere.jsonl"
     outside.write_bytes(jsonl([row(i) for i in range(60, 64)]))
     (landing / "link.jsonl").symlink_to(outside)
+    (landing / "dir.jsonl").symlink_to(tmp_path)  # a linked folder named like a file
     out = run_step("ingest", cfg, {"dimension": DIM})
     assert out["rows"] + out["eval_rows"] == 3
-    assert {Path(k).name: v["outcome"] for k, v in _ledger(cfg).items()}["link.jsonl"] == "refused"
+    outcomes = {Path(k).name: v["outcome"] for k, v in _ledger(cfg).items()}
+    assert outcomes == {"good.jsonl": "ingested", "link.jsonl": "refused", "dir.jsonl": "refused"}
 
 
 def _s3_cfg(tmp_path, s3_server, prefix):
@@ -293,3 +300,17 @@ def test_preference_ingest_dag_survives_a_poison_burst(tmp_path, h3ops_dagbag):
     assert outcomes == ["ingested"] * 3 + ["quarantined"] * 3 + ["refused"]
     from plugins.sensors import find_new_files
     assert find_new_files(str(cfg_path)) == {}, "the sensor sees nothing to retry"
+
+
+def test_an_object_gone_between_listing_and_fetch_does_not_stop_the_batch(tmp_path, s3_server):
+    from tests.fixtures.servers import unique
+
+    prefix = unique("gone-")
+    client = s3_server.client()
+    client.put_object(Bucket=s3_server.bucket, Key=f"{prefix}/a.jsonl", Body=jsonl([row(1), row(2)]))
+    cfg = _s3_cfg(tmp_path, s3_server, prefix)
+    gone = f"s3://{s3_server.bucket}/{prefix}/deleted-meanwhile.jsonl"
+    files = [f"s3://{s3_server.bucket}/{prefix}/a.jsonl", gone]
+    out = run_step("ingest", cfg, {"dimension": DIM, "s3_client": client, "files": files})
+    assert out["rows"] + out["eval_rows"] == 2 and out["fetch_errors"][0].startswith(gone)
+    assert gone not in _ledger(cfg), "not recorded: a later run tries it again"

@@ -13,7 +13,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from alignment.sources import staged_path
+from alignment.sources import RefusedKey, staged_path
 from h3ops.config import PipelineConfig
 from h3ops.digest import digest_file, digest_json, short
 from h3ops.steps import step
@@ -62,11 +62,17 @@ def _local_copy(uri: str, staging: Path, before: dict | None, client: Any, versi
     if not uri.startswith("s3://"):
         return fetch(uri, staging, client=client)
     staged = staged_path(staging, uri)  # refuses a hostile key before any request
-    versions[uri] = remote_version(uri, client)
-    if before and before.get("etag") == versions[uri] and staged.is_file() \
-            and digest_file(staged) == before.get("digest"):
-        return staged
-    return fetch(uri, staging, client=client)
+    kept = bool(before) and staged.is_file() and digest_file(staged) == before.get("digest")
+    try:
+        versions[uri] = remote_version(uri, client)
+        if kept and before.get("etag") == versions[uri]:
+            return staged
+        return fetch(uri, staging, client=client)
+    except Exception:
+        if kept and before.get("outcome") == "ingested":  # the store hiccuped: keep the last good
+            versions[uri] = before.get("etag")            # copy rather than drop its rows
+            return staged
+        raise
 
 
 @step("ingest")
@@ -88,16 +94,20 @@ def ingest(cfg: PipelineConfig, dimension: str, *, files: list[str] | None = Non
     digests: dict[str, str] = {}
     processed: list[str] = []
     versions: dict[str, str | None] = {}
+    errors: list[str] = []
     for uri in files:
         before = ledger.get(uri)
         try:
             local = _local_copy(uri, staging, before, s3_client, versions)
-        except ValueError as e:  # a hostile S3 key: refused, never written anywhere
+            digests[uri] = _content_digest(local)
+        except RefusedKey as e:  # a hostile S3 key: refused, never written anywhere
             if (before or {}).get("outcome") != "refused":
                 processed.append(uri)
             ledger[uri] = {"digest": None, "outcome": "refused", "rows": 0, "reason": str(e)}
             continue
-        digests[uri] = _content_digest(local)
+        except Exception as e:  # noqa: BLE001 - network, a file gone meanwhile: not recorded, retried
+            errors.append(f"{uri}: {type(e).__name__}: {str(e)[:300]}")
+            continue
         if before and before["digest"] == digests[uri]:
             if before["outcome"] != "ingested":
                 continue  # quarantined or refused: not retried until the content changes
@@ -123,6 +133,8 @@ def ingest(cfg: PipelineConfig, dimension: str, *, files: list[str] | None = Non
     out["quarantined"] = sorted(u for u in processed if ledger.get(u, {}).get("outcome") == "quarantined")
     out["refused"] = sorted(u for u in processed if ledger.get(u, {}).get("outcome") == "refused")
     out["processed"] = processed
+    if errors:
+        out["fetch_errors"] = errors
     out.pop("files", None)
     previous = latest_dataset(cfg, dimension)
     out["new"] = bool(out.get("rows")) and (previous or {}).get("digest") != out.get("digest")
