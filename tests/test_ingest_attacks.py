@@ -183,12 +183,20 @@ def test_ingest_isolates_poison_files_and_ledger_skips_them_until_they_change(tm
     # A rerun processes nothing again: the quarantined files are not retried, the dataset is the same.
     again = run_step("ingest", cfg, {"dimension": DIM})
     assert again["processed"] == [] and again["new"] is False and again["digest"] == out["digest"]
-    # A fixed file (new content digest) is retried and its rows join the dataset.
+    from h3ops.steps.ingest import new_files
+    assert new_files(cfg, DIM) == []
+    # A fixed file (new content digest): the sensor notices it, ingest retries it, its rows join.
     (landing / "deep.jsonl").write_bytes(jsonl([row(10)]))
+    assert [Path(p).name for p in new_files(cfg, DIM)] == ["deep.jsonl"]
     fixed = run_step("ingest", cfg, {"dimension": DIM})
     assert [Path(p).name for p in fixed["processed"]] == ["deep.jsonl"]
     assert fixed["new"] is True and fixed["rows"] + fixed["eval_rows"] == 5
     assert {Path(k).name: v["outcome"] for k, v in _ledger(cfg).items()}["deep.jsonl"] == "ingested"
+    # Touched but unchanged: seen once by the sensor, then settled without reprocessing.
+    os.utime(landing / "bad-first.jsonl", ns=(1, 1))
+    assert [Path(p).name for p in new_files(cfg, DIM)] == ["bad-first.jsonl"]
+    assert run_step("ingest", cfg, {"dimension": DIM})["processed"] == []
+    assert new_files(cfg, DIM) == []
 
 
 def test_local_landing_symlink_is_refused_by_ingest(tmp_path):

@@ -18,7 +18,7 @@ from h3ops.config import PipelineConfig
 from h3ops.digest import digest_file, digest_json, short
 from h3ops.steps import step
 from h3ops.steps.common import read_json, workdir, write_json
-from h3ops.steps.storage import fetch, list_files, remote_version
+from h3ops.steps.storage import fetch, list_files, list_versions, local_version, remote_version
 
 
 def ledger_path(cfg: PipelineConfig, dimension: str):
@@ -39,9 +39,12 @@ def file_ledger(cfg: PipelineConfig, dimension: str) -> dict[str, dict]:
 
 
 def new_files(cfg: PipelineConfig, dimension: str, *, s3_client: Any = None) -> list[str]:
-    """Landed files not yet ingested (valid or quarantined): what the sensor waits for."""
+    """Landed files not yet ingested, or changed since (a corrected quarantined file): what the
+    sensor waits for. Compares versions (ETag, size and mtime), reading no file."""
     seen = file_ledger(cfg, dimension)
-    return [f for f in scan(cfg, dimension, s3_client=s3_client) if f not in seen]
+    dim = cfg.dimension(dimension)
+    current = list_versions(dim.landing, dim.pattern, client=s3_client)
+    return sorted(f for f, v in current.items() if seen.get(f, {}).get("version") != v)
 
 
 @step("scan")
@@ -60,17 +63,18 @@ def _local_copy(uri: str, staging: Path, before: dict | None, client: Any, versi
     """The file to read: local files in place; an S3 object downloaded only when its ETag differs
     from the ledger's (or its staged copy is gone or altered), so a rerun re-downloads nothing."""
     if not uri.startswith("s3://"):
+        versions[uri] = versions.get(uri) or local_version(Path(uri))
         return fetch(uri, staging, client=client)
     staged = staged_path(staging, uri)  # refuses a hostile key before any request
     kept = bool(before) and staged.is_file() and digest_file(staged) == before.get("digest")
     try:
-        versions[uri] = remote_version(uri, client)
-        if kept and before.get("etag") == versions[uri]:
+        versions[uri] = versions.get(uri) or remote_version(uri, client)
+        if kept and before.get("version") == versions[uri]:
             return staged
         return fetch(uri, staging, client=client)
     except Exception:
         if kept and before.get("outcome") == "ingested":  # the store hiccuped: keep the last good
-            versions[uri] = before.get("etag")            # copy rather than drop its rows
+            versions[uri] = before.get("version")         # copy rather than drop its rows
             return staged
         raise
 
@@ -85,7 +89,9 @@ def ingest(cfg: PipelineConfig, dimension: str, *, files: list[str] | None = Non
     `processed` lists the files looked at for the first time (or changed) in this run."""
     from alignment.dataset import DatasetError, build_dataset
 
-    files = scan(cfg, dimension, s3_client=s3_client) if files is None else files
+    dim = cfg.dimension(dimension)
+    versions = list_versions(dim.landing, dim.pattern, client=s3_client)  # one listing for all files
+    files = sorted(versions) if files is None else files
     staging = workdir(cfg, "landing", dimension)
     quarantine = workdir(cfg, "quarantine", dimension)
     ledger = file_ledger(cfg, dimension)
@@ -93,7 +99,6 @@ def ingest(cfg: PipelineConfig, dimension: str, *, files: list[str] | None = Non
     names: dict[str, str] = {}
     digests: dict[str, str] = {}
     processed: list[str] = []
-    versions: dict[str, str | None] = {}
     errors: list[str] = []
     for uri in files:
         before = ledger.get(uri)
@@ -103,12 +108,14 @@ def ingest(cfg: PipelineConfig, dimension: str, *, files: list[str] | None = Non
         except RefusedKey as e:  # a hostile S3 key: refused, never written anywhere
             if (before or {}).get("outcome") != "refused":
                 processed.append(uri)
-            ledger[uri] = {"digest": None, "outcome": "refused", "rows": 0, "reason": str(e)}
+            ledger[uri] = {"digest": None, "outcome": "refused", "rows": 0, "reason": str(e),
+                           "version": versions.get(uri)}
             continue
         except Exception as e:  # noqa: BLE001 - network, a file gone meanwhile: not recorded, retried
             errors.append(f"{uri}: {type(e).__name__}: {str(e)[:300]}")
             continue
         if before and before["digest"] == digests[uri]:
+            ledger[uri] = {**before, "version": versions[uri]}  # touched, not changed: seen
             if before["outcome"] != "ingested":
                 continue  # quarantined or refused: not retried until the content changes
         else:
@@ -128,7 +135,7 @@ def ingest(cfg: PipelineConfig, dimension: str, *, files: list[str] | None = Non
         outcomes = e.files
     for o in outcomes:
         ledger[o["path"]] = {"digest": digests[o["path"]], "outcome": o["outcome"], "rows": o["rows"],
-                             "etag": versions.get(o["path"])}
+                             "version": versions.get(o["path"])}
     write_json(_files_path(cfg, dimension), ledger)
     out["quarantined"] = sorted(u for u in processed if ledger.get(u, {}).get("outcome") == "quarantined")
     out["refused"] = sorted(u for u in processed if ledger.get(u, {}).get("outcome") == "refused")

@@ -26,19 +26,30 @@ def _client(client: Any):
 
 def list_files(location: str, pattern: str = "*", client: Any = None) -> list[str]:
     """Files under `location` matching `pattern`, as sorted paths or s3:// URIs."""
+    return sorted(list_versions(location, pattern, client))
+
+
+def local_version(path: Path) -> str:
+    st = path.lstat()  # a link's own, never its target's
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def list_versions(location: str, pattern: str = "*", client: Any = None) -> dict[str, str]:
+    """{file: version} under `location`: an S3 object's ETag, a local file's size and mtime. A
+    changed version is how the sensor notices a corrected file without reading every file."""
     if location.startswith("s3://"):
         bucket, prefix = split_s3(location)
         pages = _client(client).get_paginator("list_objects_v2").paginate(
             Bucket=bucket, Prefix=f"{prefix}/" if prefix else "")
-        keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
-        return sorted(f"s3://{bucket}/{k}" for k in keys if fnmatch.fnmatch(k.rsplit("/", 1)[-1], pattern))
+        return {f"s3://{bucket}/{o['Key']}": o["ETag"] for page in pages for o in page.get("Contents", [])
+                if fnmatch.fnmatch(o["Key"].rsplit("/", 1)[-1], pattern)}
     root = Path(location.removeprefix("file://"))
     if not root.is_dir():
-        return []
+        return {}
     # Links are listed, not resolved: ingest refuses them (never read through a link) and says so.
     root = root.resolve()
-    return sorted(str(p) for p in root.glob(pattern)
-                  if (p.is_symlink() or p.is_file()) and not p.name.startswith("."))
+    return {str(p): local_version(p) for p in root.glob(pattern)
+            if (p.is_symlink() or p.is_file()) and not p.name.startswith(".")}
 
 
 def fetch(uri: str, dest_dir: Path, client: Any = None) -> Path:
