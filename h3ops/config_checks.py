@@ -2,7 +2,8 @@
 
 At load (validate_config): the merge method, its parameters and dtype through the merge engine's own
 declarations (merging.method's registry), the DPO preset and overrides through alignment's
-DPOSettings — so a typo fails before hours of training, not at the merge step after them.
+DPOSettings, the evaluation suite through evaluation's suite loader — so a typo fails before hours
+of training, not at the merge or evaluation step after them.
 
 The declarations, including cross-parameter checks such as TIES' density range, live in the method
 modules, which import torch; a copy here would drift. A process without torch (the sensor, the
@@ -190,11 +191,27 @@ def settings(preset: str | None, overrides: dict[str, Any]):
     return DPOSettings.preset(preset, **overrides) if preset else DPOSettings.from_dict(dict(overrides))
 
 
+def evaluation_problems(evaluation: Any) -> list[Problem]:
+    """The suite by name or YAML path, loaded and validated as the evaluation step will."""
+    from evaluation.suites_def import SuiteError, available, load_suite
+
+    suite = evaluation.get("suite", "cpu-3h") if isinstance(evaluation, dict) else None
+    if not isinstance(suite, str):
+        return []
+    try:
+        load_suite(suite)
+    except SuiteError as e:
+        return [("evaluation.suite", f"{e}{did_you_mean(suite, available())}")]
+    return []
+
+
 def domain_problems(data: dict[str, Any]) -> list[Problem]:
-    """Everything the typed models cannot know: checked against the merge engine and alignment."""
+    """Everything the typed models cannot know: checked against the merge engine, alignment's DPO
+    settings and evaluation's suites."""
     dims = data.get("dimensions")
     n_models = len(dims) if isinstance(dims, list) else 1
-    return merge_problems(data.get("merge", {}), n_models) + dpo_problems(data.get("dpo", {}))
+    return (merge_problems(data.get("merge", {}), n_models) + dpo_problems(data.get("dpo", {}))
+            + evaluation_problems(data.get("evaluation", {})))
 
 
 def trl_problems(cfg) -> list[Problem]:

@@ -52,6 +52,14 @@ def test_dpo_preset_and_overrides_are_checked_at_load(dpo, field, words):
     assert field in msg and words in msg, msg
 
 
+def test_evaluation_suite_is_checked_at_load(tmp_path):
+    msg = _error({"evaluation": {"suite": "cpu-3hh"}})
+    assert "evaluation.suite" in msg and "did you mean 'cpu-3h'" in msg, msg
+    bad = tmp_path / "suite.yaml"
+    bad.write_text("benchmarks: {}\n")
+    assert "evaluation.suite" in _error({"evaluation": {"suite": str(bad)}})
+
+
 def test_good_configs_still_load():
     for name in ("tiny.yaml", "smollm2.yaml"):
         load_config(ROOT / "examples" / name)
