@@ -129,8 +129,9 @@ def read_records(path: str | Path, *, max_line_bytes: int = MAX_LINE_BYTES) -> I
         return
     with _open_no_follow(path) as f:
         head = f.read(4096)
-        f.seek(_check_encoding(head.split(b"\n", 1)[0] if b"\n" in head else head))
-        if path.suffix == ".json" and head.lstrip()[:1] == b"[":
+        skip = _check_encoding(head.split(b"\n", 1)[0])
+        f.seek(skip)
+        if path.suffix == ".json" and head[skip:].lstrip()[:1] == b"[":
             size = os.fstat(f.fileno()).st_size
             if size > MAX_JSON_ARRAY_BYTES:
                 raise FileFault(1, "<file>", f"JSON array of {size} bytes is over {MAX_JSON_ARRAY_BYTES}; "
