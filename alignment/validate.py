@@ -223,7 +223,8 @@ def validate_path(local: str | Path | None, *, name: str | None = None, dimensio
         get_adapter(format)
     if local is None or refused:
         rep = ValidationReport(path=name, format=format, dimension=dimension, refused=True)
-        rep.faults.append(Fault(0, "<file>", refused or "refused before reading"))
+        rep.faults.append(Fault(0, "<file>", refused or "refused before reading (an S3 key with '.', '..' or "
+                                                         "empty path segments could escape the staging folder)"))
         return rep
     tracked = _Tracked(read_records(local, max_line_bytes=max_line_bytes))
     try:
