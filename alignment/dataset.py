@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from alignment.schema import check_dimension
-from alignment.sources import read_records, resolve
-from alignment.validate import MAX_CHARS, ValidationReport, validate_records
+from alignment.sources import resolve
+from alignment.validate import MAX_CHARS, ValidationReport, validate_path
 from h3ops.checkpoint import atomic_output_dir
 from h3ops.digest import digest_bytes
 
@@ -26,6 +26,10 @@ POLICIES = ("quarantine", "drop")
 
 class DatasetError(ValueError):
     """Preference data that cannot be used; the message names the file or the mismatch."""
+
+    def __init__(self, message: str, files: list[dict] | None = None):
+        super().__init__(message)
+        self.files = files or []  # each source's outcome, as in DatasetRef.files
 
 
 @dataclass
@@ -38,13 +42,18 @@ class DatasetRef:
     rejected: int
     report: str
     quarantined: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    # One entry per source: {"path", "outcome": ingested | quarantined | refused, "rows", "rejected"}
+    files: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def _jsonl(rows: list[dict]) -> bytes:
-    return b"".join(json.dumps(r, sort_keys=True, ensure_ascii=False).encode() + b"\n" for r in rows)
+    # allow_nan=False: train.jsonl is standard JSON whatever slipped past validation.
+    return b"".join(json.dumps(r, sort_keys=True, ensure_ascii=False, allow_nan=False).encode() + b"\n"
+                    for r in rows)
 
 
 def content_digest(train: list[dict], evals: list[dict]) -> str:
@@ -59,7 +68,7 @@ def _held_out(row_id: str, fraction: float) -> bool:
 def _quarantine(name: str, local: Path, report: ValidationReport, qdir: Path) -> Path:
     qdir.mkdir(parents=True, exist_ok=True)
     stem = hashlib.sha256(name.encode()).hexdigest()[:8] + "-" + local.name
-    shutil.copy2(local, qdir / stem)
+    shutil.copy2(local, qdir / stem, follow_symlinks=False)  # links are refused before this; never follow
     (qdir / f"{stem}.report.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
     return qdir / stem
 
@@ -67,11 +76,14 @@ def _quarantine(name: str, local: Path, report: ValidationReport, qdir: Path) ->
 def build_dataset(sources: list[str | Path], out_dir: str | Path, *, dimension: str,
                   quarantine_dir: str | Path | None = None, eval_holdout: float = 0.05,
                   policy: str = "quarantine", format: str | None = None, max_chars: int = MAX_CHARS,
-                  overwrite: bool = False) -> DatasetRef:
+                  overwrite: bool = False, names: dict[str, str] | None = None) -> DatasetRef:
     """Validate `sources` (files, folders, s3:// URIs) and write one dataset of `dimension`.
 
     policy "quarantine": a file with any bad row is set aside whole with its report and none of
     its rows are used. policy "drop": bad rows are left out and listed in the report.
+    Each file is validated on its own: any failure reading one (broken encoding, nesting, Parquet)
+    is that file's fault in its report, and the other files proceed. Symbolic links and refused S3
+    keys are never read nor copied. `names` maps a local path to the name reports use (its URI).
     Zero valid rows is an error and writes nothing. Rebuilding the same content into an existing
     folder returns it unchanged.
     """
@@ -84,13 +96,21 @@ def build_dataset(sources: list[str | Path], out_dir: str | Path, *, dimension: 
         raise DatasetError("no sources given")
     out_dir = Path(out_dir)
     qdir = Path(quarantine_dir) if quarantine_dir else out_dir.parent / f"{out_dir.name}.quarantine"
-    reports, rows, quarantined, seen = [], [], [], set()
+    reports, rows, quarantined, refused, files, seen = [], [], [], [], [], set()
     for name, local in resolve(list(sources)):
-        rep = validate_records(read_records(local), path=name, dimension=dimension, format=format,
-                               max_chars=max_chars)
+        name = (names or {}).get(str(local), name)
+        rep = validate_path(local, name=name, dimension=dimension, format=format, max_chars=max_chars)
         reports.append(rep)
-        if not rep.ok and policy == "quarantine":
+        outcome = "ingested"
+        if rep.refused:
+            refused.append(name)
+            outcome = "refused"
+        elif not rep.ok and (policy == "quarantine" or not rep.rows):
             quarantined.append(str(_quarantine(name, local, rep, qdir)))
+            outcome = "quarantined"
+        files.append({"path": name, "outcome": outcome, "rows": len(rep.rows) if outcome == "ingested" else 0,
+                      "rejected": rep.rejected})
+        if outcome != "ingested":
             continue
         for r in rep.rows:  # the same pair in two files is one row
             if r["id"] not in seen:
@@ -100,7 +120,7 @@ def build_dataset(sources: list[str | Path], out_dir: str | Path, *, dimension: 
     if not rows:
         details = "\n".join(r.summary() for r in reports)
         raise DatasetError(f"no valid {dimension} rows in {', '.join(map(str, sources))}; nothing written"
-                           + (f" (quarantined into {qdir})" if quarantined else "") + f"\n{details}")
+                           + (f" (quarantined into {qdir})" if quarantined else "") + f"\n{details}", files)
     rows.sort(key=lambda r: r["id"])
     evals = [r for r in rows if _held_out(r["id"], eval_holdout)]
     train = [r for r in rows if not _held_out(r["id"], eval_holdout)]
@@ -109,10 +129,10 @@ def build_dataset(sources: list[str | Path], out_dir: str | Path, *, dimension: 
     digest = content_digest(train, evals)
     meta = {"dimension": dimension, "digest": digest, "rows": len(train), "eval_rows": len(evals),
             "rejected": rejected, "policy": policy, "eval_holdout": eval_holdout,
-            "sources": [r.path for r in reports], "quarantined": quarantined}
+            "sources": [r.path for r in reports], "quarantined": quarantined, "refused": refused}
     ref = DatasetRef(uri=str(out_dir), digest=digest, dimension=dimension, rows=len(train),
                      eval_rows=len(evals), rejected=rejected, report=str(out_dir / "report.json"),
-                     quarantined=quarantined)
+                     quarantined=quarantined, refused=refused, files=files)
     if (out_dir / "dataset.json").is_file() and not overwrite:
         existing = json.loads((out_dir / "dataset.json").read_text())
         if existing.get("digest") == digest:
@@ -155,7 +175,7 @@ def load_dataset(path: str | Path, *, dimension: str | None = None) -> LoadedDat
                                "the files were changed after the build")
         ds = LoadedDataset(str(path), meta["dimension"], digest, train, evals)
     elif path.is_file():
-        rep = validate_records(read_records(path), path=str(path), dimension=dimension)
+        rep = validate_path(path, dimension=dimension)
         if not rep.ok:
             raise DatasetError(f"{path}: invalid preference file\n{rep.summary()}")
         dims = {r["dimension"] for r in rep.rows}

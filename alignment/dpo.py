@@ -190,6 +190,7 @@ def _fit(base: Path, data, work: Path, settings: DPOSettings, callbacks: list) -
     from transformers import PrinterCallback
     from trl import DPOTrainer
 
+    args = trl_config(work, settings)  # TRL refuses bad settings here, before any model is loaded
     model, tok = _load_base(base, torch.float32)
     ref = None
     peft_config = None
@@ -202,7 +203,7 @@ def _fit(base: Path, data, work: Path, settings: DPOSettings, callbacks: list) -
                                  task_type="CAUSAL_LM")
     else:
         ref, _ = _load_base(base, torch.float32)
-    trainer = DPOTrainer(model=model, ref_model=ref, args=trl_config(work, settings),
+    trainer = DPOTrainer(model=model, ref_model=ref, args=args,
                          train_dataset=_to_trl(data.train), processing_class=tok, peft_config=peft_config,
                          callbacks=callbacks)
     # Progress goes to stderr: stdout belongs to the CLI's JSON result.

@@ -94,11 +94,11 @@ def timed(cmd: list[str], env: dict | None = None) -> dict:
 
 def io_floor(config: str, out: str) -> None:
     """Read every input tensor once and write the output once with safetensors (no merging)."""
-    import yaml
+    from h3ops import safe_yaml
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    cfg = yaml.safe_load(Path(config).read_text())
+    cfg = safe_yaml.load_file(config)
     folders = ([cfg["base_model"]] if "base_model" in cfg else []) + [m["model"] for m in cfg["models"]]
     handles = [safe_open(str(Path(f) / "model.safetensors"), "pt") for f in folders]
     result = {}

@@ -1,9 +1,11 @@
 """preference_ingest: landed preference files → validated datasets → one asset event per dimension.
 
-sensor (new files in a landing folder or s3:// prefix) → validate and build each dimension's
-dataset (bad files quarantined with their report) → an event on `h3ops.preferences.<dimension>`
-carrying the dataset's URI and digest. No event, nothing downstream: a malformed file never
-starts training.
+sensor (new or changed files in a landing folder or s3:// prefix) → validate and build each
+dimension's dataset (bad files quarantined with their report, links and hostile S3 keys refused)
+→ an event on `h3ops.preferences.<dimension>` carrying the dataset's URI and digest. No event,
+nothing downstream: a malformed file never starts training. Each file is handled on its own, so a
+poison file never fails the task; the step's ledger keeps every file's outcome by content digest,
+so a quarantined file is not retried until it changes.
 """
 from __future__ import annotations
 

@@ -83,14 +83,13 @@ def cmd_score(args) -> int:
 
 
 def cmd_gate(args) -> int:
-    import yaml
-
     from evaluation.gate import decide
+    from h3ops import safe_yaml
 
+    policy = safe_yaml.load_file(args.policy) if args.policy else None  # before the scores: fail fast
     cand = _read_scores(args.candidate, args.suite)
     prod = _read_scores(args.production, args.suite) if args.production else None
     cont = [_read_scores(p, args.suite) for p in args.continual]
-    policy = yaml.safe_load(Path(args.policy).read_text()) if args.policy else None
     decision = decide(cand, prod, cont, policy)
     print(decision.summary())
     if args.out:
@@ -139,10 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     from evaluation.runner import EvalError
     from evaluation.scoring import ScoringError
     from evaluation.suites_def import SuiteError
+    from h3ops.safe_yaml import YamlError
     from registry.api import RegistryError
 
     try:
         return {"eval": cmd_eval, "score": cmd_score, "gate": cmd_gate}[name](args)
-    except (EvalError, SuiteError, ScoringError, GateError, DataError, RegistryError) as e:
+    except (EvalError, SuiteError, ScoringError, GateError, DataError, RegistryError, YamlError) as e:
         print(f"h3ops {name}: error: {e}", file=sys.stderr)
         return 2

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from h3ops import safe_yaml
+
 
 class TaskError(ValueError):
     """A task file lm-eval cannot load or run; the message names the file."""
@@ -63,7 +65,7 @@ def run_task(lm, task_yaml: Path, *, chat: bool = False, limit: int | None = Non
     from lm_eval.tasks import TaskManager
 
     try:
-        spec = yaml.safe_load(task_yaml.read_text())
+        spec = safe_yaml.load_file(task_yaml)
         name = spec["task"]
         kind = spec["output_type"]
     except (OSError, yaml.YAMLError, KeyError, TypeError) as e:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from h3ops import safe_yaml
+
 from evaluation import scoring
 from evaluation.data import SOURCES
 
@@ -36,7 +38,7 @@ def load_suite(name: str | Path) -> dict:
         if not path.is_file():
             raise SuiteError(f"unknown suite {str(name)!r}; available: {available()} (or a path to a suite YAML)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_yaml.load_file(path)
     except yaml.YAMLError as e:
         raise SuiteError(f"{path}: not valid YAML ({e})") from e
     return validate(data, str(path))

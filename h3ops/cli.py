@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "promote": ("registry.cli", "gate and move the production alias"),
     "rollback": ("registry.cli", "move production back to the previous version"),
     "serve": ("serving.cli", "OpenAI-compatible server for the production model, following the alias"),
+    "config": ("h3ops.config_checks", "check a pipeline config (merge, DPO via TRL) without running it"),
     "step": ("h3ops.pipeline", "run one pipeline step (what a DAG task runs)"),
     "demo": ("h3ops.demo", "run the whole loop on the embedded default"),
     "up": ("infra.local.stack", "start the local stack"),

@@ -1,8 +1,9 @@
 """The pipeline configuration: one YAML file per project, validated into typed models.
 
 Every error names the offending field by its dotted path (`dimensions.1.landing`), so a typo in a
-config is found at load time, before any task has run. Nothing here imports torch, MLflow or
-Airflow: DAG tasks and the CLI load configs cheaply.
+config is found at load time, before any task has run. Nothing here imports MLflow or Airflow; the
+merge and DPO sections are checked against the merge engine's declarations and alignment's DPO
+settings (h3ops.config_checks).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from h3ops import safe_yaml
+from h3ops.safe_yaml import clip
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evaluation.gate import GatePolicy
@@ -154,9 +157,9 @@ def _deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def _describe(err: ValidationError, source: str) -> str:
+def _describe(err: ValidationError | None, source: str, problems: list[tuple[str, str]] = ()) -> str:
     lines = []
-    for e in err.errors():
+    for e in err.errors() if err is not None else []:
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         # A domain validator run by pydantic (GatePolicy) names its field on the error it raised.
         inner = getattr((e.get("ctx") or {}).get("error"), "field", None)
@@ -165,17 +168,26 @@ def _describe(err: ValidationError, source: str) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             msg = "unknown field"
-        lines.append(f"  {where}: {msg}")
+        lines.append(f"  {where}: {clip(msg)}")
+    lines += [f"  {where}: {clip(msg)}" for where, msg in problems]
     return f"{source}: invalid pipeline config\n" + "\n".join(lines)
 
 
 def validate_config(data: dict[str, Any], source: str = "config") -> PipelineConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    from h3ops.config_checks import domain_problems
+
+    # Both layers run, so one load names every bad field: the typed models' and the merge
+    # engine's / DPO settings' (h3ops.config_checks).
+    problems = domain_problems(data)
     try:
-        return PipelineConfig.model_validate(data)
+        cfg = PipelineConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_describe(e, source)) from None
+        raise ConfigError(_describe(e, source, problems)) from None
+    if problems:
+        raise ConfigError(_describe(None, source, problems))
+    return cfg
 
 
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> PipelineConfig:
@@ -184,7 +196,7 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     if not path.is_file():
         raise ConfigError(f"{path}: pipeline config not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = safe_yaml.load_file(path) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if overrides:

@@ -136,6 +136,8 @@ def load_config(config: dict | str | Path) -> tuple[dict, Path | None]:
     """Read a config (a mapping, a YAML path, or YAML text) → (mapping, folder it came from)."""
     import yaml
 
+    from h3ops import safe_yaml
+
     if isinstance(config, dict):
         return dict(config), None
     text_given = isinstance(config, str) and "\n" in config
@@ -144,12 +146,12 @@ def load_config(config: dict | str | Path) -> tuple[dict, Path | None]:
         if not path.is_file():
             raise MergeConfigError(f"{path}: merge config file not found")
         try:
-            data = yaml.safe_load(path.read_text())
+            data = safe_yaml.load_file(path)
         except yaml.YAMLError as e:
             raise MergeConfigError(f"{path}: not valid YAML ({e})") from e
         root = path.resolve().parent
     else:
-        data, root = yaml.safe_load(config), None
+        data, root = safe_yaml.loads(config), None
     if not isinstance(data, dict):
         raise MergeConfigError(f"merge config must be a mapping, got {type(data).__name__}")
     return data, root

@@ -187,7 +187,7 @@ def test_eval_cli_refuses_a_folder_that_is_not_the_version(project, tmp_path):
     uri = p.register(folder, "merged", method="r_tsvm", config_digest="sha256:" + "e" * 64)
     other = p.folder()
     out = subprocess.run([sys.executable, "-m", "h3ops.cli", "eval", str(other), "--model-version", uri,
-                          "--mlflow-tracking-uri", p.reg.tracking_uri, "--limit", "1",
+                          "--tracking-uri", p.reg.tracking_uri, "--limit", "1",
                           "--cache-dir", str(tmp_path / "cache")],
                          capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert out.returncode == 2, out.stdout + out.stderr[-3000:]

@@ -6,8 +6,9 @@ s3`; Airflow's api-server, scheduler and dag-processor run with this repository'
 plugins/. Nothing is called in-process: the test lands preference files, drives Airflow through
 its REST API and reads the outcome through MLflow's REST API.
 
-  20 files land at once → preference_ingest (its scheduled run, started by unpausing it over
-  REST) takes them all, each exactly once → one asset event per dimension → continual_alignment triggered over REST → DPO on the `gpu` queue
+  20 files, with poison files and a symlink among them, land at once → preference_ingest (its
+  scheduled run, started by unpausing it over REST) takes them all, each exactly once (the poison
+  quarantined, the link refused) → one asset event per dimension → continual_alignment triggered over REST → DPO on the `gpu` queue
   per dimension → candidates, merge, evaluation, gate, promote → registry checked over REST.
 
 Fault: while a DPO task is mid-training (it has saved a checkpoint, its output folder does not
@@ -129,6 +130,16 @@ def test_project_dags_on_celery_postgres_mlflow_s3(tmp_path, mlflow_server):
         d = DIMS[i % len(DIMS)]
         write_pairs(tmp_path / "landing" / d, d, name=f"batch{i:02d}.jsonl", salt=f" (#{i})")
         landed[d] += 1
+    # Poison in the same burst (issue 14): each is quarantined or refused on its own; the rest proceed.
+    poison = {"helpfulness": {"deep.jsonl": b"[" * 100_000 + b"]" * 100_000 + b"\n"},
+              "honesty": {"surrogate.jsonl": b'{"prompt": "\\ud800", "chosen": "a", "rejected": "b"}\n',
+                          "utf16.jsonl": json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}).encode("utf-16")},
+              "harmlessness": {}}
+    for d, bodies in poison.items():
+        for name, body in bodies.items():
+            (tmp_path / "landing" / d / name).write_bytes(body)
+    (tmp_path / "landing" / "harmlessness" / "passwd.jsonl").symlink_to("/etc/passwd")
+    extra = {d: len(poison[d]) + (d == "harmlessness") for d in DIMS}
 
     db = f"h3ops_stack_e2e_{uuid.uuid4().hex[:10]}"
     redis_db = random.randint(1, 15)
@@ -188,8 +199,9 @@ def test_project_dags_on_celery_postgres_mlflow_s3(tmp_path, mlflow_server):
             d = e["extra"]["dimension"]
             built = json.loads((Path(e["extra"]["uri"]) / "dataset.json").read_text())
             assert sorted(built["sources"]) == sorted(str(p) for p in (tmp_path / "landing" / d).glob("*.jsonl"))
-            assert len(built["sources"]) == landed[d] and built["rows"] == e["extra"]["rows"]
+            assert len(built["sources"]) == landed[d] + extra[d] and built["rows"] == e["extra"]["rows"]
             assert built["rows"] + built["eval_rows"] == 4 * landed[d], built  # train + held-out eval
+            assert len(built["quarantined"]) + len(built["refused"]) == extra[d], built
         assert all(new_files(cfg, d) == [] for d in DIMS)
         assert [r["dag_run_id"] for r in _runs(api, INGEST)] == [ingest_run]
         assert all(v.startswith("sha256:") for v in digests.values())

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from h3ops.atomic import write_json  # noqa: F401 - the steps' ledgers are written with it
 from h3ops.config import PipelineConfig
 
 
@@ -62,15 +63,6 @@ def local_model(cfg: PipelineConfig, uri: str) -> Path:
     if (dest / "config.json").is_file():
         return dest
     return Path(registry(cfg).download(uri, dest))
-
-
-def write_json(path: Path, data: Any) -> Path:
-    """Write JSON atomically (a reader never sees half a ledger)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
-    return path
 
 
 def read_json(path: Path, default: Any = None) -> Any:
