@@ -62,7 +62,7 @@ def run(db: str) -> dict:
 
 def peer_standalone() -> dict:
     """The plain way to get Airflow alone: `airflow standalone` in a fresh home, until healthy."""
-    from infra import names
+    from h3ops import names
     from infra.local.airflow_api import AirflowAPI
     import os
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 from airflow.sdk import DAG, Param, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from plugins.assets import CONTINUAL_BASELINE, GPU_POOL, GPU_QUEUE, PRODUCTION_ALIAS, PRODUCTION_MODEL
+from plugins.assets import CONTINUAL_BASELINE, PRODUCTION_ALIAS, PRODUCTION_MODEL
 from plugins.defaults import DEFAULT_ARGS, START, config_param
 from plugins.operators import run_in_task
+from plugins.placement import gpu_task_args
 
 with DAG(
     dag_id="continual_alignment",
@@ -46,7 +47,7 @@ with DAG(
     def base_model(*, params=None) -> str:
         return run_in_task("prepare_base", params)
 
-    @task(pool=GPU_POOL, queue=GPU_QUEUE, max_active_tis_per_dag=4)
+    @task(**gpu_task_args(), max_active_tis_per_dag=4)
     def train(dataset: dict, base: str, *, params=None) -> dict:
         return run_in_task("train", params, base=base, dataset=dataset, dimension=dataset["dimension"])
 
@@ -57,7 +58,7 @@ with DAG(
                           parents=[base], base=base)
         return {**ref, "dimension": trained["dimension"]}
 
-    @task(pool=GPU_POOL, queue=GPU_QUEUE)
+    @task(**gpu_task_args())
     def merge(base: str, candidates: list[dict], *, params=None) -> dict:
         return run_in_task("merge", params, base=base, candidates=[c["uri"] for c in list(candidates)],
                            method=params.get("method"), parameters=params.get("parameters"))
@@ -72,7 +73,7 @@ with DAG(
         others = run_in_task("compared_models", params, candidate_uri=merged["uri"])
         return [merged["uri"], *[u for u in others if u != merged["uri"]]]
 
-    @task(pool=GPU_POOL, queue=GPU_QUEUE)
+    @task(**gpu_task_args())
     def evaluate(model_uri: str, *, params=None) -> dict:
         return run_in_task("evaluate", params, model_uri=model_uri)
 

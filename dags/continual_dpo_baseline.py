@@ -15,9 +15,10 @@ from __future__ import annotations
 from airflow.sdk.exceptions import AirflowSkipException
 from airflow.sdk import DAG, AssetAny, task
 
-from plugins.assets import CONTINUAL_BASELINE, GPU_POOL, GPU_QUEUE, PREFERENCE_ASSETS
+from plugins.assets import CONTINUAL_BASELINE, PREFERENCE_ASSETS
 from plugins.defaults import DEFAULT_ARGS, START, config_param
 from plugins.operators import run_in_task
+from plugins.placement import gpu_task_args
 
 with DAG(
     dag_id="continual_dpo_baseline",
@@ -42,7 +43,7 @@ with DAG(
     def base_model(*, params=None) -> str:
         return run_in_task("prepare_base", params)
 
-    @task(pool=GPU_POOL, queue=GPU_QUEUE)
+    @task(**gpu_task_args())
     def continual(base: str, datasets: dict, *, params=None) -> list[dict]:
         return run_in_task("continual", params, base=base, datasets=datasets)
 
@@ -58,7 +59,7 @@ with DAG(
             parent = ref["uri"]
         return uris
 
-    @task(pool=GPU_POOL, queue=GPU_QUEUE)
+    @task(**gpu_task_args())
     def evaluate(model_uri: str, *, params=None) -> dict:
         return run_in_task("evaluate", params, model_uri=model_uri)
 

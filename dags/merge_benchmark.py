@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from airflow.sdk import DAG, Param, task
 
-from plugins.assets import GPU_POOL, GPU_QUEUE
 from plugins.defaults import DEFAULT_ARGS, START, config_param
 from plugins.operators import run_in_task
+from plugins.placement import gpu_task_args
 
 with DAG(
     dag_id="merge_benchmark",
@@ -34,7 +34,7 @@ with DAG(
     def base_model(*, params=None) -> str:
         return run_in_task("prepare_base", params)
 
-    @task(pool=GPU_POOL, queue=GPU_QUEUE)
+    @task(**gpu_task_args())
     def merge_and_evaluate(method: str, base: str, cands: list[str], *, params=None) -> dict:
         merged = run_in_task("merge", params, base=base, candidates=list(cands), method=method, parameters={})
         ref = run_in_task("register", params, path=merged["path"], kind="merged", parents=merged["parents"],

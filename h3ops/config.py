@@ -191,17 +191,32 @@ def validate_config(data: dict[str, Any], source: str = "config") -> PipelineCon
 
 
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Read and validate a pipeline YAML; `overrides` are deep-merged over it first."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: pipeline config not found")
+    """Read and validate a pipeline YAML (a path or an s3:// URI); `overrides` are deep-merged first."""
+    source = str(path)
     try:
-        data = safe_yaml.load_file(path) or {}
+        if source.startswith("s3://"):
+            data = _load_s3(source)
+        else:
+            path = Path(path)
+            if not path.is_file():
+                raise ConfigError(f"{path}: pipeline config not found")
+            data = safe_yaml.load_file(path) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        raise ConfigError(f"{source}: not valid YAML ({e})") from None
     if overrides:
         data = _deep_merge(data, overrides)
-    return validate_config(data, str(path))
+    return validate_config(data, source)
+
+
+def _load_s3(uri: str) -> Any:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from h3ops import s3
+    try:
+        text = s3.read_text(uri, max_bytes=safe_yaml.MAX_BYTES)
+    except (ClientError, BotoCoreError, ValueError) as e:
+        raise ConfigError(f"{uri}: pipeline config not readable ({e})") from None
+    return safe_yaml.loads(text, uri) or {}
 
 
 def dump_config(cfg: PipelineConfig, path: str | os.PathLike) -> Path:

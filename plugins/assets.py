@@ -13,15 +13,6 @@ from airflow.sdk import Asset, AssetAlias
 
 from h3ops.config import KNOWN_DIMENSIONS
 
-# Pool for GPU work (slots = GPUs) on the local executors; the Celery queue of GPU workers.
-GPU_POOL = "gpu"
-GPU_QUEUE = "gpu"
-# The connections `h3ops up` and the compose/Helm stacks create (infra/names.py): the landing
-# location is read through the standard AWS connection, whose extra carries endpoint_url.
-MLFLOW_CONN_ID = "mlflow_default"
-LANDING_CONN_ID = "aws_default"
-SERVING_CONN_ID = "h3ops_serving"  # the running `h3ops serve` the promote_to_serving DAG hands off to
-
 PREFERENCES_ALIAS = AssetAlias(name="h3ops-preferences")
 PRODUCTION_ALIAS = AssetAlias(name="h3ops-production")
 

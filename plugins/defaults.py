@@ -6,7 +6,6 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import Param
 
-from plugins.operators import DEFAULT_CONFIG
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 DEFAULT_ARGS = {
@@ -21,4 +20,6 @@ DEFAULT_ARGS = {
 
 
 def config_param() -> Param:
-    return Param(DEFAULT_CONFIG, type="string", description="path of the pipeline YAML")
+    # No default here: a value fixed at parse time would hide the Variable (plugins/operators.py).
+    return Param(None, type=["null", "string"],
+                 description="pipeline YAML (path or s3:// URI); default: Variable h3ops_config, then $H3OPS_CONFIG")

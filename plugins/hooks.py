@@ -13,7 +13,8 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
-from plugins.assets import LANDING_CONN_ID, MLFLOW_CONN_ID, SERVING_CONN_ID
+from h3ops.names import MLFLOW_CONN_ID, SERVING_CONN_ID
+from h3ops.names import S3_CONN_ID as LANDING_CONN_ID
 
 
 def _connection(conn_id: str):

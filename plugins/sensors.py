@@ -58,8 +58,10 @@ class LandingSensor(BaseSensorOperator):
         super().__init__(**kwargs)
         self.config, self.dimensions, self.deferrable = config, dimensions, deferrable
 
-    def _config(self, context) -> str | None:
-        return self.config or (context.get("params") or {}).get("config")
+    def _config(self, context) -> str:
+        # Resolved here, in the task, so a deferred trigger carries the location itself.
+        from plugins.operators import config_location
+        return self.config or config_location(context.get("params"))
 
     def poke(self, context) -> PokeReturnValue:
         found = find_new_files(self._config(context), self.dimensions)

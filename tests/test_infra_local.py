@@ -11,7 +11,7 @@ import uuid
 import psutil
 import pytest
 
-from infra import names
+from h3ops import names
 from infra.local import procs, stack
 
 PY = sys.executable

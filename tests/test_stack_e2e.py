@@ -33,7 +33,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from infra import names
+from h3ops import names
 from infra.local import procs, stack
 from infra.local.airflow_api import AirflowAPI
 from tests.fixtures.celery_stack import AIRFLOW, PG, celery_env, clear_redis, drop_database, sql

