@@ -14,13 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from h3ops.digest import digest_json
+from h3ops.names import ALL_DIMENSIONS, DIMENSIONS, MIXES  # noqa: F401 - the one vocabulary, used here
 
-DIMENSIONS = ("helpfulness", "honesty", "harmlessness")
-# Table 1 annotates two datasets groups with two dimensions at once.
-MIXES = ("helpfulness&honesty", "helpfulness&harmlessness")
 # A dataset built by a data-mixture baseline holds rows of several dimensions.
 MIXTURE = "mixture"
-ALL_DIMENSIONS = DIMENSIONS + MIXES
 DATASET_DIMENSIONS = ALL_DIMENSIONS + (MIXTURE,)
 
 REQUIRED = ("prompt", "chosen", "rejected")

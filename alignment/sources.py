@@ -182,22 +182,14 @@ def expand_local(source: str | Path) -> list[Path]:
     return [p]
 
 
-def s3_client():
-    import boto3
-    from botocore.config import Config
-
-    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
-    # S3-compatible stores (rclone, MinIO) behind a custom endpoint expect path-style addressing.
-    config = Config(s3={"addressing_style": "path"}) if endpoint else None
-    return boto3.client("s3", endpoint_url=endpoint, config=config)
-
-
 def fetch_s3(uri: str, into: Path) -> list[tuple[str, Path | None]]:
     """Download s3://bucket/key or every preference object under s3://bucket/prefix/."""
     bucket, _, key = uri[len("s3://"):].partition("/")
     if not bucket:
         raise ValueError(f"{uri}: not an s3://bucket/key URI")
-    client = s3_client()
+    from h3ops import s3
+
+    client = s3.client()
     keys = []
     paginator = client.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=bucket, Prefix=key):

@@ -12,8 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from h3ops.digest import digest_json
-
-DIMENSIONS = ("helpfulness", "honesty", "harmlessness")
+from h3ops.names import DIMENSIONS
 AVERAGE_KEYS = ("helpful_avg", "honest_avg", "harmless_avg", "avg")
 _DIM_AVG = dict(zip(DIMENSIONS, AVERAGE_KEYS))
 

@@ -14,15 +14,11 @@ from typing import Any
 
 import yaml
 from h3ops import safe_yaml
+from h3ops.names import ALL_DIMENSIONS
 from h3ops.safe_yaml import clip
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evaluation.gate import GatePolicy
-
-# The paper's three dimensions (alignment.schema.DIMENSIONS also holds the combined ones; a
-# project trains one DPO candidate per entry here).
-KNOWN_DIMENSIONS = ("helpfulness", "honesty", "harmlessness",
-                    "helpfulness&honesty", "helpfulness&harmlessness")
 
 
 class ConfigError(ValueError):
@@ -42,8 +38,8 @@ class Dimension(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in KNOWN_DIMENSIONS:
-            raise ValueError(f"unknown dimension {v!r}; expected one of {', '.join(KNOWN_DIMENSIONS)}")
+        if v not in ALL_DIMENSIONS:
+            raise ValueError(f"unknown dimension {v!r}; expected one of {', '.join(ALL_DIMENSIONS)}")
         return v
 
     @field_validator("landing")

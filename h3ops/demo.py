@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from h3ops import atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -111,9 +113,7 @@ def land_preferences(cfg, n: int) -> dict[str, Path]:
         path = folder / f"demo-{d.name}.jsonl"
         if not path.exists():
             rows = makers[d.name](n)
-            tmp = folder / f".{path.name}.part"
-            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-            tmp.replace(path)
+            atomic.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         out[d.name] = path
     return out
 

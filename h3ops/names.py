@@ -6,6 +6,12 @@ against them, so a rename here shows up as a failing test there.
 """
 from __future__ import annotations
 
+# The paper's three dimensions, and the two combined ones Table 1 annotates datasets with; a project
+# trains one DPO candidate per configured entry of ALL_DIMENSIONS; scores average over DIMENSIONS.
+DIMENSIONS = ("helpfulness", "honesty", "harmlessness")
+MIXES = ("helpfulness&honesty", "helpfulness&harmlessness")
+ALL_DIMENSIONS = DIMENSIONS + MIXES
+
 # Airflow objects the DAGs and plugins look up.
 MLFLOW_CONN_ID = "mlflow_default"   # conn_type http, host = tracking server URL
 S3_CONN_ID = "aws_default"          # conn_type aws, login/password = keys, extra.endpoint_url

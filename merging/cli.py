@@ -93,6 +93,12 @@ def merge_main(argv: list[str]) -> int:
     except (MergeConfigError, MergeError, CheckpointError, FileExistsError, ValueError) as e:
         print(f"h3ops merge: error: {e}", file=sys.stderr)
         return 2
+    if args.diagnostics:
+        import json
+        from pathlib import Path
+
+        from merging.diagnostics import DIAGNOSTICS, format_summary
+        print(format_summary(json.loads((Path(args.out_dir) / DIAGNOSTICS).read_text())["summary"]))
     return 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import sys
@@ -167,11 +166,9 @@ def build_report(rows: list[dict], inputs: list[dict], method: str = "", setting
 
 def write_report(report: dict, path: str | Path) -> Path:
     """Write atomically: a reader never sees half a report."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
+    from h3ops.atomic import write_json
+
+    return write_json(path, report, indent=1)
 
 
 # ---- h3ops diagnose ------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ input (plus one read ahead), whatever the model's depth.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 import time
@@ -24,6 +25,8 @@ from merging.card import write_card
 from merging.config import MergeConfig, parse_config
 from merging.io import CheckpointReader, ShardedWriter, parse_size
 from merging.method import MergeConfigError, TensorTask
+
+log = logging.getLogger(__name__)
 
 COPIED = ("config.json", "generation_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -257,7 +260,8 @@ def merge(config: dict | str | Path, out_dir: str | Path, *, seed: int = 0, devi
     records the references as written, with the digests of what was read.
 
     `diagnostics`: also write diagnostics.json (per-tensor conflict statistics, inputs' digests)
-    inside the folder, atomically with it, and print its per-layer-type summary."""
+    inside the folder, atomically with it, and log its per-layer-type summary (stdout stays the
+    caller's: `h3ops step` prints only its JSON result there; `h3ops merge --diagnostics` prints it)."""
     start = time.perf_counter()
     cfg = parse_config(config, resolve=resolve)
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -337,7 +341,7 @@ def merge(config: dict | str | Path, out_dir: str | Path, *, seed: int = 0, devi
     if diagnostics:
         from merging.diagnostics import format_summary
 
-        print(format_summary(summary))
+        log.info("merge diagnostics of %s:\n%s", out, format_summary(summary))
     n_params = sum(_numel(s) for _, _, s in plan)
     print(f"h3ops merge: {cfg.method.name} of {len(cfg.models)} model(s) -> {out} | {len(plan)} tensors, "
           f"{n_params / 1e6:.1f}M params, {len(writer.files)} shard(s), {time.perf_counter() - start:.1f}s",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, AssetAlias
 
-from h3ops.config import KNOWN_DIMENSIONS
+from h3ops.names import ALL_DIMENSIONS
 
 PREFERENCES_ALIAS = AssetAlias(name="h3ops-preferences")
 PRODUCTION_ALIAS = AssetAlias(name="h3ops-production")
@@ -22,6 +22,6 @@ def preference_asset(dimension: str) -> Asset:
                  group="preferences")
 
 
-PREFERENCE_ASSETS = {d: preference_asset(d) for d in KNOWN_DIMENSIONS}
+PREFERENCE_ASSETS = {d: preference_asset(d) for d in ALL_DIMENSIONS}
 CONTINUAL_BASELINE = Asset(name="h3ops.continual_baseline", uri="h3ops://models/continual-baseline", group="model")
 PRODUCTION_MODEL = Asset(name="h3ops.production", uri="h3ops://models/production", group="model")

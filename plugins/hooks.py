@@ -75,12 +75,10 @@ class LandingHook(BaseHook):
         conn = _connection(self.landing_conn_id)
         if conn is None:
             return None
-        import boto3
+        from h3ops import s3
         extra = conn.extra_dejson or {}
-        return boto3.client("s3", endpoint_url=extra.get("endpoint_url") or conn.host or None,
-                            region_name=extra.get("region_name", "us-east-1"),
-                            aws_access_key_id=conn.login or None,
-                            aws_secret_access_key=conn.password or None)
+        return s3.client(endpoint_url=extra.get("endpoint_url") or conn.host or None,
+                         region=extra.get("region_name"), access_key=conn.login, secret_key=conn.password)
 
 
 class ServingHook(BaseHook):

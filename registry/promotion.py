@@ -12,13 +12,12 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
+from h3ops import atomic
 from registry.api import PREVIOUS, PRODUCTION, RegistryError, VersionRef, _is, model_name
 from registry.checkpoints import TAG
 
@@ -230,16 +229,9 @@ def write_serving_manifest(reg, project: str, path: str, *, s3_client: Any = Non
         if not key:
             raise RegistryError(f"{path}: an s3:// manifest location needs a key")
         if s3_client is None:
-            import boto3
-
-            s3_client = boto3.client("s3", endpoint_url=os.environ.get("MLFLOW_S3_ENDPOINT_URL"))
+            from h3ops import s3
+            s3_client = s3.client()
         s3_client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
     else:
-        # Write-then-rename so a poller never reads half a manifest.
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
-        os.replace(tmp, p)
+        atomic.write_bytes(path, body)  # a poller never reads half a manifest
     return doc

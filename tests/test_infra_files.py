@@ -147,7 +147,7 @@ def test_k8s_helm_values_and_mlflow_deployment():
     assert values["airflowVersion"] == "3.3.2"
     assert set(values["executor"].split(",")) == {"CeleryExecutor", "KubernetesExecutor"}
     assert values["config"]["core"]["load_examples"] == "False"
-    assert values["config"]["celery"]["default_queue"] == names.DEFAULT_QUEUE
+    assert values["config"]["operators"]["default_queue"] == names.DEFAULT_QUEUE  # [operators], where Airflow reads it
     pod = yaml.safe_load(values["podTemplate"])
     assert pod["spec"]["containers"][0]["name"] == "base"
     assert values["volumeMounts"][0]["mountPath"].endswith("/gpu-task.yaml")

@@ -1,7 +1,7 @@
 """Landing locations: a local folder or an `s3://bucket/prefix`, listed and fetched the same way.
 
-The S3 client is passed in (the Airflow hook builds it from a connection); without one, boto3's
-default chain is used (AWS_* variables, AWS_ENDPOINT_URL for an S3-compatible server).
+The S3 client is passed in (the Airflow hook builds it from a connection); without one, the shared
+factory (h3ops.s3) builds it from the environment.
 """
 from __future__ import annotations
 
@@ -9,19 +9,14 @@ import fnmatch
 from pathlib import Path
 from typing import Any
 
-
-def split_s3(uri: str) -> tuple[str, str]:
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    if not bucket:
-        raise ValueError(f"{uri}: no bucket in S3 URI")
-    return bucket, prefix.strip("/")
+from h3ops.s3 import split as split_s3
 
 
 def _client(client: Any):
     if client is not None:
         return client
-    import boto3
-    return boto3.client("s3")
+    from h3ops import s3
+    return s3.client()
 
 
 def list_files(location: str, pattern: str = "*", client: Any = None) -> list[str]:

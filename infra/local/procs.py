@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psutil
 
+from h3ops import atomic
+
 
 class StackError(RuntimeError):
     """A problem the user can fix (a busy port, a server that never became healthy, …)."""
@@ -69,9 +71,7 @@ def start(name: str, cmd: list[str], env: dict[str, str], state_dir: Path, log_d
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     rec = ProcRecord(name, proc.pid, psutil.Process(proc.pid).create_time(), cmd, str(log))
-    tmp = record_path(state_dir, name).with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(rec)))
-    tmp.replace(record_path(state_dir, name))
+    atomic.write_json(record_path(state_dir, name), asdict(rec))
     return rec
 
 

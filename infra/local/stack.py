@@ -174,14 +174,12 @@ def _http_ok(url: str) -> bool:
 
 
 def s3_client(ports: dict):
-    import boto3
-    from botocore.config import Config
+    from h3ops import s3
 
     env = _s3_env(ports)
-    return boto3.client("s3", endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"], region_name=names.LOCAL_REGION,
-                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-                        config=Config(retries={"max_attempts": 1}, connect_timeout=3, read_timeout=10))
+    return s3.client(endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"], region=names.LOCAL_REGION,
+                     access_key=env["AWS_ACCESS_KEY_ID"], secret_key=env["AWS_SECRET_ACCESS_KEY"],
+                     fail_fast=True)
 
 
 def _s3_ready(ports: dict) -> bool:
