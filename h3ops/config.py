@@ -112,6 +112,10 @@ class PipelineConfig(_Strict):
     gate: Gate = Field(default_factory=Gate)
     registry: Registry = Field(default_factory=Registry)
     workdir: str = ".h3ops/work"
+    # Where tasks on workers that share no disk hand datasets and ledgers to each other
+    # (h3ops/steps/handoff.py); unset: the workdir, on one machine.
+    store: str | None = Field(default=None, pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,62}(/.*)?$",
+                              description="s3://bucket/prefix shared by every worker")
 
     @model_validator(mode="after")
     def _consistent(self) -> "PipelineConfig":

@@ -113,6 +113,7 @@ def test_the_shipped_config_is_valid_and_every_deployment_names_it():
 
     cfg = load_config(ROOT / IMAGE_CONFIG.removeprefix("/opt/h3ops/"))
     assert all(d.is_s3 for d in cfg.dimensions)  # no shared disk on a stack: data lands in S3
+    assert cfg.store and cfg.store.startswith("s3://")  # and tasks hand datasets over through it
     for dockerfile in ("airflow", "worker-gpu"):
         text = (ROOT / "infra" / "docker" / f"{dockerfile}.Dockerfile").read_text()
         assert "COPY examples ./examples" in text and f"{CONFIG_ENV}={IMAGE_CONFIG}" in text, dockerfile

@@ -17,25 +17,18 @@ from alignment.sources import RefusedKey, staged_path
 from h3ops.config import PipelineConfig
 from h3ops.digest import digest_file, digest_json, short
 from h3ops.steps import step
-from h3ops.steps.common import read_json, workdir, write_json
+from h3ops.steps.common import workdir
+from h3ops.steps.handoff import publish_dataset, read_ledger, write_ledger
 from h3ops.steps.storage import fetch, list_files, list_versions, local_version, remote_version
 
 
-def ledger_path(cfg: PipelineConfig, dimension: str):
-    return workdir(cfg, "datasets", dimension) / "latest.json"
-
-
 def latest_dataset(cfg: PipelineConfig, dimension: str) -> dict | None:
-    return read_json(ledger_path(cfg, dimension))
-
-
-def _files_path(cfg: PipelineConfig, dimension: str):
-    return workdir(cfg, "datasets", dimension) / "files.json"
+    return read_ledger(cfg, dimension, "latest.json")
 
 
 def file_ledger(cfg: PipelineConfig, dimension: str) -> dict[str, dict]:
     """{landed file: {"digest", "outcome": ingested | quarantined | refused, "rows"}}."""
-    return read_json(_files_path(cfg, dimension), {})
+    return read_ledger(cfg, dimension, "files.json", {})
 
 
 def new_files(cfg: PipelineConfig, dimension: str, *, s3_client: Any = None) -> list[str]:
@@ -136,7 +129,7 @@ def ingest(cfg: PipelineConfig, dimension: str, *, files: list[str] | None = Non
     for o in outcomes:
         ledger[o["path"]] = {"digest": digests[o["path"]], "outcome": o["outcome"], "rows": o["rows"],
                              "version": versions.get(o["path"])}
-    write_json(_files_path(cfg, dimension), ledger)
+    write_ledger(cfg, dimension, "files.json", ledger)
     out["quarantined"] = sorted(u for u in processed if ledger.get(u, {}).get("outcome") == "quarantined")
     out["refused"] = sorted(u for u in processed if ledger.get(u, {}).get("outcome") == "refused")
     out["processed"] = processed
@@ -146,7 +139,8 @@ def ingest(cfg: PipelineConfig, dimension: str, *, files: list[str] | None = Non
     previous = latest_dataset(cfg, dimension)
     out["new"] = bool(out.get("rows")) and (previous or {}).get("digest") != out.get("digest")
     if out["new"]:
-        write_json(ledger_path(cfg, dimension), out)
+        out = publish_dataset(cfg, out)  # the record other workers get: an s3:// URI with the store
+        write_ledger(cfg, dimension, "latest.json", out)
     return out
 
 

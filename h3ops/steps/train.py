@@ -12,6 +12,7 @@ from h3ops.config import PipelineConfig
 from h3ops.digest import digest_json, short
 from h3ops.steps import step
 from h3ops.steps.common import abspath, local_model, workdir
+from h3ops.steps.handoff import dataset_local
 
 
 @step("prepare_base")
@@ -49,6 +50,7 @@ def train_candidate(cfg: PipelineConfig, base: str, dataset: dict, dimension: st
     from alignment.dpo import train
     if dataset.get("dimension", dimension) != dimension:
         raise ValueError(f"dataset is for {dataset.get('dimension')!r}, task is for {dimension!r}")
+    dataset = {**dataset, "uri": str(dataset_local(cfg, dataset))}
     base_dir = local_model(cfg, base)
     key = short(digest_json([str(base_dir), dataset["digest"], _settings_key(cfg)]))
     out = workdir(cfg, "candidates") / f"{dimension}-{key}"
@@ -63,6 +65,7 @@ def train_continual(cfg: PipelineConfig, base: str, datasets: dict[str, dict]) -
     order = [d for d in cfg.continual_order if d in datasets]
     if not order:
         raise ValueError("continual: no dataset for any dimension in continual.order")
+    datasets = {d: {**v, "uri": str(dataset_local(cfg, v))} for d, v in datasets.items()}
     base_dir = local_model(cfg, base)
     key = short(digest_json([str(base_dir)] + [[d, datasets[d]["digest"]] for d in order] + [_settings_key(cfg)]))
     stages = [(d, datasets[d]["uri"]) for d in order]
