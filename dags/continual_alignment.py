@@ -47,12 +47,11 @@ with DAG(
     def base_model(*, params=None) -> str:
         return run_in_task("prepare_base", params)
 
+    # A GPU task registers what it made before it ends: its output folder is on that worker's (or
+    # pod's) disk only, so what leaves the task is the registered models:/ URI, never the path.
     @task(**gpu_task_args(), max_active_tis_per_dag=4)
     def train(dataset: dict, base: str, *, params=None) -> dict:
-        return run_in_task("train", params, base=base, dataset=dataset, dimension=dataset["dimension"])
-
-    @task
-    def register_candidate(trained: dict, base: str, *, params=None) -> dict:
+        trained = run_in_task("train", params, base=base, dataset=dataset, dimension=dataset["dimension"])
         ref = run_in_task("register", params, path=trained["path"], kind="candidate",
                           dimension=trained["dimension"], data_digest=trained["data_digest"],
                           parents=[base], base=base)
@@ -60,11 +59,8 @@ with DAG(
 
     @task(**gpu_task_args())
     def merge(base: str, candidates: list[dict], *, params=None) -> dict:
-        return run_in_task("merge", params, base=base, candidates=[c["uri"] for c in list(candidates)],
-                           method=params.get("method"), parameters=params.get("parameters"))
-
-    @task
-    def register_merged(merged: dict, base: str, *, params=None) -> dict:
+        merged = run_in_task("merge", params, base=base, candidates=[c["uri"] for c in list(candidates)],
+                             method=params.get("method"), parameters=params.get("parameters"))
         return run_in_task("register", params, path=merged["path"], kind="merged",
                            parents=merged["parents"], method=merged["method"], base=base)
 
@@ -91,7 +87,6 @@ with DAG(
     datasets = plan()
     base = base_model()
     trained = train.partial(base=base).expand(dataset=datasets)
-    registered = register_candidate.partial(base=base).expand(trained=trained)
-    merged = register_merged(merge(base, registered), base)
+    merged = merge(base, trained)
     evaluated = evaluate.expand(model_uri=models_to_evaluate(merged))
     promote(merged, gate(merged, evaluated))

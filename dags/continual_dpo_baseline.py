@@ -44,12 +44,10 @@ with DAG(
         return run_in_task("prepare_base", params)
 
     @task(**gpu_task_args())
-    def continual(base: str, datasets: dict, *, params=None) -> list[dict]:
-        return run_in_task("continual", params, base=base, datasets=datasets)
-
-    @task
-    def register_stages(base: str, stages: list[dict], *, params=None) -> list[str]:
+    def continual(base: str, datasets: dict, *, params=None) -> list[str]:
+        # Registered here, before the task ends: the stages' folders are on this worker's disk only.
         # Sequential on purpose: stage k's parent is stage k-1's registered version.
+        stages = run_in_task("continual", params, base=base, datasets=datasets)
         uris, parent = [], base
         for s in stages:
             ref = run_in_task("register", params, path=s["path"], kind="continual",
@@ -72,5 +70,5 @@ with DAG(
 
     base = base_model()
     datasets = plan()
-    stages = register_stages(base, continual(base, datasets))
+    stages = continual(base, datasets)
     publish(datasets, stages, evaluate.expand(model_uri=stages))

@@ -163,7 +163,7 @@ def test_failed_training_task_registers_nothing(tmp_path, h3ops_dagbag, monkeypa
         for t in dag.tasks:
             t.retries = saved[t.task_id]
     states = {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in dr.get_task_instances()}
-    assert states["train"] == "failed" and states["register_candidate"] == "upstream_failed"
+    assert states["train"] == "failed" and states["merge"] == "upstream_failed"
     assert states["promote"] == "upstream_failed"
     cfg = load_config(cfg_path)
     assert _versions(cfg, "candidate") == [] and _versions(cfg, "merged") == []

@@ -50,7 +50,7 @@ def _env(tmp: Path, db: str, redis_db: int, prefix: str, api_port: int, config: 
     return celery_env(
         tmp, db, redis_db, prefix, api_port,
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        # The DAGs' `config` param defaults to this path (plugins/operators.py DEFAULT_CONFIG).
+        # No conf and no Variable h3ops_config: every run reads its config from here (plugins/operators.py).
         H3OPS_CONFIG=str(config),
         OMP_NUM_THREADS="1",
         AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),

@@ -15,6 +15,7 @@ import pytest
 from h3ops import names
 from infra.local import procs, stack
 from infra.local.airflow_api import AirflowAPI
+from tests.pipeline_helpers import tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -79,11 +80,16 @@ def test_up_twice_down_and_resume(tmp_path):
         assert s3conn is not None and str(ports["s3"]) in s3conn["extra"]
 
         # Idempotent: a second `up` starts nothing and keeps the same processes.
-        again = _stack("up", "--home", str(home), *port_args, "--gpus", "3", "--timeout", "120")
+        pipeline = tiny_config(tmp_path / "pipeline")
+        again = _stack("up", "--home", str(home), *port_args, "--gpus", "3", "--timeout", "120",
+                       "--config", os.path.relpath(pipeline))
         assert again.returncode == 0, again.stdout + again.stderr
         assert again.stdout.count("already running") == len(stack.SERVICES)
         assert {n: procs.read_record(lay.state, n).pid for n in stack.SERVICES} == {n: r.pid for n, r in recs.items()}
         assert api.get_pool(names.GPU_POOL)["slots"] == 3  # pool and connections are re-applied
+        # --config sets the Variable every run reads its config from, as an absolute path (the
+        # components run in the stack's home, not here).
+        assert api.get_variable(names.CONFIG_VARIABLE) == str(pipeline.resolve())
 
         members = [p for r in recs.values() for p in procs.group_members(r)]
         assert len(members) >= len(stack.SERVICES)

@@ -62,6 +62,13 @@ class AirflowAPI:
         status, body = self.request("GET", f"/api/v2/pools/{name}")
         return body if status == 200 else None
 
+    def set_variable(self, key: str, value: str, description: str) -> str:
+        return self._upsert("variables", key, {"key": key, "value": value, "description": description})
+
+    def get_variable(self, key: str) -> str | None:
+        status, body = self.request("GET", f"/api/v2/variables/{key}")
+        return body.get("value") if status == 200 else None
+
     def set_connection(self, conn_id: str, conn_type: str, **fields) -> str:
         body = {"connection_id": conn_id, "conn_type": conn_type, **fields}
         if isinstance(body.get("extra"), dict):

@@ -201,8 +201,10 @@ def admin_login(lay: Layout) -> tuple[str, str] | None:
         return None
 
 
-def configure_airflow(lay: Layout, ports: dict, gpus: int, deadline_s: float) -> AirflowAPI:
-    """The gpu pool and the MLflow and S3 connections, upserted through the REST API."""
+def configure_airflow(lay: Layout, ports: dict, gpus: int, deadline_s: float,
+                      config: str | None = None) -> AirflowAPI:
+    """The gpu pool, the MLflow and S3 connections and (given one) the pipeline config Variable,
+    upserted through the REST API."""
     api = AirflowAPI(f"http://{HOST}:{ports['airflow']}")
     user, password = procs.wait_for(lambda: admin_login(lay), "Airflow admin password", deadline_s)
     api.login(user, password)
@@ -214,6 +216,8 @@ def configure_airflow(lay: Layout, ports: dict, gpus: int, deadline_s: float) ->
                        password=env["AWS_SECRET_ACCESS_KEY"], description="h3ops S3-compatible store",
                        extra={"endpoint_url": env["MLFLOW_S3_ENDPOINT_URL"], "region_name": names.LOCAL_REGION,
                               "bucket": names.ARTIFACT_BUCKET})
+    if config:
+        api.set_variable(names.CONFIG_VARIABLE, config, "pipeline config of runs whose conf names none")
     return api
 
 
@@ -228,7 +232,7 @@ def _gpu_count() -> int:
 # --- commands ------------------------------------------------------------------------------------
 
 def up(lay: Layout, ports: dict, db: str, pg_url: str, gpus: int | None, deadline_s: float,
-       pg_prefix: str = names.PG_DB_PREFIX, dags_folder: Path = REPO / "dags") -> int:
+       pg_prefix: str = names.PG_DB_PREFIX, dags_folder: Path = REPO / "dags", config: str | None = None) -> int:
     state = lay.read_state()
     running = {n: r for n in SERVICES if (r := procs.read_record(lay.state, n)) and r.alive()}
     if running:
@@ -243,6 +247,11 @@ def up(lay: Layout, ports: dict, db: str, pg_url: str, gpus: int | None, deadlin
             raise StackError(f"port {ports[key]} for {LABELS[name]} is already in use"
                              f"{' by ' + owner if owner else ''}; stop that process or choose another "
                              f"port with --{key}-port")
+    if config and not config.startswith("s3://"):
+        # Airflow's components run in the stack's home: a relative path would name another file.
+        if not Path(config).is_file():
+            raise StackError(f"--config {config}: no such file")
+        config = str(Path(config).resolve())
     if not dags_folder.is_dir():
         raise StackError(f"--dags-folder {dags_folder} is not a folder")
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,40}", pg_prefix):
@@ -277,7 +286,7 @@ def up(lay: Layout, ports: dict, db: str, pg_url: str, gpus: int | None, deadlin
                        [recs["mlflow"]])
         api = AirflowAPI(f"http://{HOST}:{ports['airflow']}")
         procs.wait_for(lambda: _airflow_ready(api), "Airflow", left(), airflow_recs, every_s=2.0)
-        configure_airflow(lay, ports, gpus or _gpu_count(), left())
+        configure_airflow(lay, ports, gpus or _gpu_count(), left(), config)
     except (StackError, RuntimeError) as exc:
         # Leave nothing half-started behind: stop what this call started, keep what was running.
         procs.stop(list(started.values()))
@@ -352,6 +361,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         p.add_argument(f"--{key}-port", type=int, default=names.DEFAULT_PORTS[key])
     p.add_argument("--dags-folder", type=Path, default=REPO / "dags",
                    help="DAG files Airflow loads (default: this project's dags/; new DAGs start paused)")
+    p.add_argument("--config", default=os.environ.get(names.CONFIG_ENV),
+                   help=f"pipeline YAML (path or s3:// URI) for runs whose conf names none: sets the Airflow "
+                        f"Variable {names.CONFIG_VARIABLE} (default ${names.CONFIG_ENV})")
     p.add_argument("--gpus", type=int, default=None, help="slots of the gpu pool (default: GPUs found, min 1)")
     p.add_argument("--timeout", type=float, default=420.0, help="seconds to wait for health checks")
     return p
@@ -367,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             return status(lay)
         ports = {key: getattr(args, f"{key}_port") for key in names.DEFAULT_PORTS}
-        return up(lay, ports, args.db, args.pg_url, args.gpus, args.timeout, args.pg_prefix, args.dags_folder)
+        return up(lay, ports, args.db, args.pg_url, args.gpus, args.timeout, args.pg_prefix, args.dags_folder,
+                  args.config)
     except StackError as exc:
         print(f"h3ops {args.command}: {exc}", file=sys.stderr)
         return 1
