@@ -53,19 +53,17 @@ def _xcom(dr, task_id: str):
         return XComModel.deserialize_value(row)
 
 
-def _gpu_outputs_on_local_disk(dr, dag, workdir) -> list[tuple[str, str]]:
-    """(task, value) for every XCom of a GPU task that names a path on the worker's disk: a GPU task
-    may run on another host or in a pod that is gone after it, so only URIs may leave it."""
+def _outputs_on_local_disk(dr, workdir) -> list[tuple[str, str]]:
+    """(task, value) for every XCom of the run that names a path on a worker's disk: the next task
+    may run on another host or in a pod, so only URIs (and digests) may pass between tasks."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    gpu = {t.task_id for t in dag.tasks if t.pool == "gpu"}
     with create_session() as s:
         rows = s.execute(select(XComModel).where(XComModel.run_id == dr.run_id,
                                                  XComModel.dag_id == dr.dag_id)).scalars().all()
-        values = [(r.task_id, json.dumps(XComModel.deserialize_value(r), default=str)) for r in rows
-                  if r.task_id in gpu]
+        values = [(r.task_id, json.dumps(XComModel.deserialize_value(r), default=str)) for r in rows]
     return [(t, v) for t, v in values if str(workdir) in v]
 
 
@@ -83,7 +81,10 @@ def _chosen_scores(reg, cfg, uri: str, value: float) -> None:
 
 def test_continual_alignment_loop(tmp_path, mlflow_server, h3ops_dagbag, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    cfg_path = tiny_config(tmp_path, tracking_uri=mlflow_server.url)
+    for var, value in mlflow_server.s3.env().items():  # tasks hand datasets over through the store
+        monkeypatch.setenv(var, value)
+    cfg_path = tiny_config(tmp_path, tracking_uri=mlflow_server.url,
+                           store=f"s3://{mlflow_server.s3.bucket}/{tmp_path.name}")
     cfg = load_config(cfg_path)
     conf = {"config": str(cfg_path)}
     from h3ops.steps.common import registry
@@ -117,7 +118,7 @@ def test_continual_alignment_loop(tmp_path, mlflow_server, h3ops_dagbag, monkeyp
     states = _states(dr)
     assert set(states.values()) == {"success"}, states
     assert {f"train[{i}]" for i in range(3)} <= set(states)
-    assert _gpu_outputs_on_local_disk(dr, bag.dags["continual_alignment"], tmp_path / "work") == []
+    assert _outputs_on_local_disk(dr, tmp_path / "work") == []
     cands = reg.versions(cfg.project, "candidate")
     assert sorted(v.tags["h3ops.dimension"] for v in cands) == sorted(DIMS)
     for v in cands:
@@ -139,7 +140,7 @@ def test_continual_alignment_loop(tmp_path, mlflow_server, h3ops_dagbag, monkeyp
     #    asset event the loop is scheduled on, naming the stages and the data they were trained on.
     dr = bag.dags["continual_dpo_baseline"].test(run_conf=conf)
     assert set(_states(dr).values()) == {"success"}, _states(dr)
-    assert _gpu_outputs_on_local_disk(dr, bag.dags["continual_dpo_baseline"], tmp_path / "work") == []
+    assert _outputs_on_local_disk(dr, tmp_path / "work") == []
     stages = reg.versions(cfg.project, "continual")
     assert [v.tags["h3ops.dimension"] for v in stages] == list(DIMS)
     assert json.loads(stages[1].tags["h3ops.parents"])[0]["uri"] == stages[0].uri  # stage 2 ← stage 1

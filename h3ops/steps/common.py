@@ -57,12 +57,20 @@ def local_model(cfg: PipelineConfig, uri: str) -> Path:
         if not path.is_dir():
             raise FileNotFoundError(f"{uri}: model folder does not exist")
         return path
-    # Registered versions are immutable and downloads are atomic and digest-checked: a finished
-    # copy is reused.
-    dest = workdir(cfg, "downloads") / uri.replace(":/", "").replace("/", "_").replace("@", "_at_")
+    # Downloads are atomic and digest-checked, so a finished copy is reused. A registered version
+    # is cached under its content digest (a worker that already holds that content, whatever the
+    # version or alias that names it, downloads nothing); other URIs under their name.
+    key = uri.replace(":/", "").replace("/", "_").replace("@", "_at_")
+    reg = registry(cfg)
+    if uri.startswith("models:/"):
+        ref = reg.resolve(uri)
+        digest = ref.tags.get("h3ops.content_digest")
+        if digest:
+            uri, key = ref.uri, digest.rsplit(":", 1)[-1]
+    dest = workdir(cfg, "downloads") / key
     if (dest / "config.json").is_file():
         return dest
-    return Path(registry(cfg).download(uri, dest))
+    return Path(reg.download(uri, dest))
 
 
 def read_json(path: Path, default: Any = None) -> Any:

@@ -6,7 +6,7 @@ from typing import Any
 
 from h3ops.config import PipelineConfig
 from h3ops.steps import step
-from h3ops.steps.common import registry
+from h3ops.steps.common import local_model, registry
 from h3ops.steps.evaluate import _plain
 from h3ops.steps.register import register
 
@@ -82,7 +82,7 @@ def bootstrap_production(cfg: PipelineConfig, base: str) -> dict:
     current = production_uri(cfg)
     if current:
         return {"promoted": False, "production": current, "message": "production exists"}
-    ref = register(cfg, base, "merged", method="base", parents=[base], base=base)
+    ref = register(cfg, str(local_model(cfg, base)), "merged", method="base", parents=[base], base=base)
     return promote_manual(cfg, ref["uri"], reason="bootstrap: the base model is the first production model")
 
 

@@ -56,7 +56,8 @@ def publish_dataset(cfg: PipelineConfig, ref: dict) -> dict:
     client = s3.client()
     for name in DATASET_FILES:
         client.upload_file(str(Path(ref["uri"]) / name), bucket, f"{key}/{name}")
-    return {**ref, "uri": uri}
+    # Nothing in the record may name this worker's disk: the report travels with the dataset.
+    return {**ref, "uri": uri, "report": f"{uri}/report.json"}
 
 
 def dataset_local(cfg: PipelineConfig, dataset: dict) -> Path:

@@ -17,18 +17,25 @@ from h3ops.steps.handoff import dataset_local
 
 @step("prepare_base")
 def prepare_base(cfg: PipelineConfig) -> str:
-    """The base checkpoint as a local folder: 'tiny' and 'smollm2' are built once and cached."""
+    """The base checkpoint as a registered `models:/<project>-base/N` URI: the tasks that use it may
+    run on workers that share no disk with this one, so the base travels by URI (and its content
+    digest), never as a path. 'tiny' and 'smollm2' are built once per worker; registering the same
+    content again finds the existing version."""
     name = cfg.base_model
+    if name.startswith("models:/"):
+        return name
     if name == "tiny":
         from h3ops.testing import make_tiny_llama
         out = workdir(cfg, "base") / "tiny"
         if not (out / "config.json").is_file():
             make_tiny_llama(out)
-        return str(out)
-    if name == "smollm2":
+    elif name == "smollm2":
         from h3ops.smollm2 import ensure_smollm2
-        return str(ensure_smollm2())
-    return str(local_model(cfg, name))
+        out = ensure_smollm2()
+    else:
+        out = local_model(cfg, name)
+    from h3ops.steps.register import register
+    return register(cfg, str(out), "base")["uri"]
 
 
 def dpo_settings(cfg: PipelineConfig, **extra: Any):
