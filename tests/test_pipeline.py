@@ -141,11 +141,14 @@ def test_half_written_outputs_register_nothing(tmp_path, tiny_base, tiny_candida
 
 
 @pytest.mark.slow
-def test_failed_training_task_registers_nothing(tmp_path, h3ops_dagbag, monkeypatch):
-    """A DAG run whose DPO tasks fail (the base has no weights) registers no version at all."""
+def test_failed_training_task_registers_nothing(tmp_path, h3ops_dagbag, monkeypatch, tiny_base):
+    """A DAG run whose DPO tasks fail (the base's weights are there, its config no model) registers
+    no version but the base it was handed."""
+    import shutil
+
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     broken = tmp_path / "broken-base"
-    broken.mkdir()
+    shutil.copytree(tiny_base, broken)
     (broken / "config.json").write_text("{}")
     cfg_path = tiny_config(tmp_path, base_model=str(broken), dims=("honesty", "harmlessness"))
     for d in ("honesty", "harmlessness"):
