@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
 from typing import Any
 
 from h3ops.checkpoint import CheckpointError
+from h3ops.cliparser import Parser, add_json
 from registry.api import RegistryError
 from registry.checkpoints import TAG
 
@@ -24,8 +26,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", required=True)
 
 
+EXAMPLES = {
+    "register": "h3ops register ./ckpt/helpful --project proj --kind candidate --dimension helpfulness",
+    "versions": "h3ops versions --project proj --kind merged --json",
+    "compare": "h3ops compare --project proj --kind merged 3 4",
+    "promote": "h3ops promote --project proj --candidate models:/proj-merged/4",
+    "rollback": "h3ops rollback --project proj --reason 'regression seen in serving'",
+}
+
+
 def _parser(cmd: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"h3ops {cmd}")
+    p = Parser(prog=f"h3ops {cmd}", example=EXAMPLES[cmd])
     _common(p)
     if cmd == "register":
         p.add_argument("folder")
@@ -37,7 +48,7 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
                        help="accept *.py files and auto_map in config.json (code transformers would run)")
     elif cmd in ("versions", "compare"):
         p.add_argument("--kind", default="merged", choices=["candidate", "continual", "merged", "base"])
-        p.add_argument("--json", action="store_true", help="machine-readable output")
+        add_json(p)
         if cmd == "compare":
             p.add_argument("version", nargs="*", help="versions to compare (default: all)")
     elif cmd == "promote":
@@ -52,10 +63,12 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("--reason", help="why (recorded on the version); required with --force")
         p.add_argument("--force", action="store_true",
                        help="bypass the gate (needs --reason; recorded in the audit trail)")
+        add_json(p)
     elif cmd == "rollback":
         p.add_argument("--manifest")
         p.add_argument("--by")
         p.add_argument("--reason", default="rollback")
+        add_json(p)
     return p
 
 
@@ -143,15 +156,18 @@ def _run(cmd: str, a, out) -> int:
         res = reg.promote(a.project, a.candidate, decision, policy=_policy(a), force=a.force, by=a.by,
                           reason=a.reason, manifest_path=a.manifest)
         d = res.details.get("decision") or {}
-        if d.get("rules"):
-            from evaluation.gate import summary
+        if a.json:
+            print(json.dumps(dataclasses.asdict(res), indent=2, default=str), file=out)
+        else:
+            if d.get("rules"):
+                from evaluation.gate import summary
 
-            print(summary(d), file=out)
-        print(res.message, file=out)
+                print(summary(d), file=out)
+            print(res.message, file=out)
         return 0 if res.promoted else 1
     elif cmd == "rollback":
         res = reg.rollback(a.project, by=a.by, reason=a.reason, manifest_path=a.manifest)
-        print(res.message, file=out)
+        print(json.dumps(dataclasses.asdict(res), indent=2, default=str) if a.json else res.message, file=out)
     else:
         print(f"h3ops: registry has no command {cmd!r}", file=sys.stderr)
         return 2
