@@ -156,3 +156,46 @@ def test_dpo_devices_sizes_the_pool_slots_and_a_mismatch_is_refused(tmp_path):
     cfg.write_text(text.replace("devices: 4", "devices: 0"))
     with pytest.raises(ConfigError, match="dpo.devices: Input should be greater than or equal to 1"):
         load_config(cfg)
+
+
+def test_a_dpo_task_holding_fewer_slots_than_devices_fails_in_airflow(tmp_path, h3ops_airflow_db, capfd):
+    """Airflow's own runner: the guard reads the running task's pool_slots (a cheap step stands in
+    for DPO); the task whose slots match the config's dpo.devices runs, the other fails."""
+    import uuid
+
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
+
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text((ROOT / "examples" / "tiny.yaml").read_text()
+                   .replace("  preset: test\n", "  preset: test\n  devices: 2\n")
+                   .replace("workdir: .h3ops/work", f"workdir: {tmp_path / 'work'}"))
+    dag_id = f"h3ops_slots_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "dags").mkdir()
+    (tmp_path / "dags" / "slots.py").write_text(textwrap.dedent(f"""
+        from airflow.sdk import DAG, task
+        from plugins.defaults import START
+        from plugins.pools import run_dpo_in_task
+
+        with DAG({dag_id!r}, schedule=None, start_date=START, params={{"config": {str(cfg)!r}}}) as dag:
+            @task(pool="default_pool", pool_slots=2)
+            def two_slots(*, params=None):
+                return run_dpo_in_task("merge_methods", params, methods=["tsvm"])
+
+            @task(pool="default_pool", pool_slots=1, retries=0)
+            def one_slot(*, params=None):
+                return run_dpo_in_task("merge_methods", params, methods=["tsvm"])
+
+            two_slots()
+            one_slot()
+    """))
+    # dag.test() runs serialized DAGs only: write this one to the metadata DB as the DAG processor would.
+    bag = BundleDagBag(dag_folder=str(tmp_path / "dags"), bundle_path=str(tmp_path / "dags"), bundle_name="dags-folder")
+    assert bag.import_errors == {}, bag.import_errors
+    DagBundlesManager().sync_bundles_to_db()
+    sync_bag_to_db(bag, "dags-folder", None)
+    dr = bag.dags[dag_id].test()
+    states = {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in dr.get_task_instances()}
+    assert states == {"two_slots": "success", "one_slot": "failed"}
+    out, err = capfd.readouterr()
+    assert "dpo.devices is 2 but this task holds 1 slot(s) of pool 'gpu'" in out + err
