@@ -10,6 +10,7 @@ from airflow.sdk import DAG, Param, task
 from plugins.assets import GPU_POOL, GPU_QUEUE
 from plugins.defaults import DEFAULT_ARGS, START, config_param
 from plugins.operators import run_in_task
+from plugins.pools import dpo_task_args, run_dpo_in_task
 
 with DAG(
     dag_id="merge_benchmark",
@@ -21,7 +22,10 @@ with DAG(
     params={"config": config_param(),
             "methods": Param(None, type=["null", "array"], description="entries to run (default: all)"),
             "benchmark": Param(None, type=["null", "string"], description="benchmark plan YAML (default: packaged)"),
-            "sweep": Param(False, type="boolean", description="also run every swept parameter value")},
+            "sweep": Param(False, type="boolean", description="also run every swept parameter value"),
+            "mixtures": Param(True, type="boolean", description="train and rank the data-mixture baselines"),
+            "scorer": Param(None, type=["null", "string"],
+                            description="reward model folder for the reward/hummer mixtures (none: heuristic only)")},
     tags=["h3ops", "merge", "benchmark"],
     doc_md=__doc__,
 ) as dag:
@@ -48,7 +52,34 @@ with DAG(
         return {**ref, "method": entry["method"], "label": entry["label"]}
 
     @task
-    def leaderboard(results: list[dict], *, params=None) -> dict:
-        return run_in_task("leaderboard", params, merged=list(results))
+    def mixture_runs(*, params=None) -> list[dict]:
+        if not params.get("mixtures"):
+            return []
+        return run_in_task("mixture_runs", params, benchmark=params.get("benchmark"), scorer=params.get("scorer"))
 
-    leaderboard(merge_and_evaluate.partial(base=base_model(), cands=candidates()).expand(entry=methods()))
+    @task
+    def datasets(*, params=None) -> list[dict]:
+        return run_in_task("datasets", params)
+
+    # A DPO job: as many GPU pool slots as `dpo.devices` GPUs it trains on.
+    @task(**dpo_task_args())
+    def train_mixture(run: dict, base: str, data: list[dict], *, params=None) -> dict:
+        return run_dpo_in_task("train_mixture", params, base=base, datasets=list(data), run=run,
+                               scorer=params.get("scorer"))
+
+    @task(pool=GPU_POOL, queue=GPU_QUEUE)
+    def register_and_evaluate_mixture(trained: dict, base: str, *, params=None) -> dict:
+        ref = run_in_task("register", params, path=trained["path"], kind="mixture", dimension="mixture",
+                          data_digest=trained["data_digest"], parents=[base], method=trained["method"], base=base)
+        run_in_task("evaluate", params, model_uri=ref["uri"])
+        return {**ref, "method": trained["method"], "label": trained["label"]}
+
+    # Runs when the mixture branch was skipped (mixtures off: nothing to map), not after a failure.
+    @task(trigger_rule="none_failed")
+    def leaderboard(results: list[dict], mixed: list[dict] | None, *, params=None) -> dict:
+        return run_in_task("leaderboard", params, merged=list(results), mixtures=list(mixed or []))
+
+    base = base_model()
+    merged = merge_and_evaluate.partial(base=base, cands=candidates()).expand(entry=methods())
+    trained = train_mixture.partial(base=base, data=datasets()).expand(run=mixture_runs())
+    leaderboard(merged, register_and_evaluate_mixture.partial(base=base).expand(trained=trained))

@@ -114,3 +114,54 @@ def test_bad_plans_are_refused_naming_file_and_entry(tmp_path, text, message):
 
 def test_packaged_plan_is_versioned_and_found():
     assert DEFAULT_PLAN.is_file() and load_plan().version >= 1
+
+
+def test_best_heuristic_ratio_is_kept_and_other_rows_stay():
+    from h3ops.steps.benchmark import best_per_baseline
+
+    rows = [{"label": "ties", "role": "merged", "avg": 50.0},
+            {"label": "heuristic@ratio=0.2", "role": "mixture", "avg": 40.0},
+            {"label": "heuristic@ratio=0.1", "role": "mixture", "avg": 45.0},
+            {"label": "heuristic@ratio=0.05", "role": "mixture", "avg": 41.0},
+            {"label": "hummer", "role": "mixture", "avg": 30.0}]
+    kept = best_per_baseline(rows)
+    assert [r["label"] for r in kept] == ["ties", "heuristic@ratio=0.1", "hummer"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_heuristic_mixture_is_built_trained_and_registered(tmp_path, tiny_base):
+    import json
+
+    from alignment.dataset import build_dataset
+    from h3ops.checkpoint import Manifest
+    from h3ops.steps.mixture import mixture_runs, train_mixture
+    from h3ops.steps.register import register
+
+    cfg = validate_config({
+        "project": f"mix{tmp_path.name[-6:]}".replace("_", ""), "base_model": "tiny",
+        "workdir": str(tmp_path / "work"), "dpo": {"preset": "test", "overrides": {"max_steps": 2}},
+        "registry": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifact_location": str(tmp_path / "art")},
+        "dimensions": [{"name": d, "landing": str(tmp_path / d)} for d in ("helpfulness", "honesty")]})
+    datasets = []
+    for dim, n in (("helpfulness", 20), ("honesty", 10)):
+        src = tmp_path / f"{dim}.jsonl"
+        src.write_text("".join(json.dumps({"prompt": f"{dim} question {i}?", "chosen": f"Answer {i}.",
+                                           "rejected": "No.", "dimension": dim, "source": "t"}) + "\n"
+                               for i in range(n)))
+        ref = build_dataset([src], tmp_path / "ds" / dim, dimension=dim, eval_holdout=0)
+        datasets.append({"dimension": dim, "uri": ref.uri, "digest": ref.digest})
+    runs = mixture_runs(cfg)
+    assert [r["label"] for r in runs] == ["heuristic@ratio=0.2", "heuristic@ratio=0.1", "heuristic@ratio=0.05"]
+    assert len(mixture_runs(cfg, scorer="/some/reward-model")) == 5  # reward and hummer need a scorer
+    run = runs[0]
+    out = train_mixture(cfg, str(tiny_base), datasets, run)
+    m = Manifest.read(out["path"])
+    assert (m.kind, m.dimension) == ("mixture", "mixture")
+    assert m.parameters["mixture"]["parameters"] == {"ratio": 0.2}
+    mixed = json.loads((Path(out["path"]).parent / "data" / "dataset.json").read_text())
+    assert mixed["rows"] == 20 + 4 and mixed["digest"] == out["data_digest"]  # all helpful + 1/5 as many
+    assert train_mixture(cfg, str(tiny_base), datasets, run) == out  # a retried task finds its output
+    ref = register(cfg, out["path"], kind="mixture", dimension="mixture", data_digest=out["data_digest"],
+                   parents=[str(tiny_base)], method="heuristic", base=str(tiny_base))
+    assert ref["name"] == f"{cfg.project}-mixture"

@@ -71,7 +71,7 @@ def _plot(rows: list[dict], path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 5))
     for r in rows:
-        marker = {"production": "*", "continual": "s"}.get(r["role"], "o")
+        marker = {"production": "*", "continual": "s", "mixture": "^"}.get(r["role"], "o")
         ax.scatter(r["helpful_avg"], r["harmless_avg"], c=[[r["honest_avg"] / 100, 0.3, 0.6]], marker=marker, s=80)
         ax.annotate(r["label"], (r["helpful_avg"], r["harmless_avg"]), fontsize=7)
     ax.set_xlabel("helpfulness avg")
@@ -82,12 +82,29 @@ def _plot(rows: list[dict], path) -> None:
     plt.close(fig)
 
 
+def best_per_baseline(rows: list[dict]) -> list[dict]:
+    """Of each mixture baseline's swept runs (label@name=value) keep the best average (the paper's
+    "best kept"); every other row is kept as is."""
+    best: dict[str, dict] = {}
+    out = []
+    for r in rows:
+        if r["role"] != "mixture":
+            out.append(r)
+            continue
+        name = r["label"].split("@")[0]
+        if name not in best or r["avg"] > best[name]["avg"]:
+            best[name] = r
+    return out + list(best.values())
+
+
 @step("leaderboard")
-def leaderboard(cfg: PipelineConfig, merged: list[dict]) -> dict:
-    """Rank the merged versions with production and continual marked; log table and plot to MLflow."""
+def leaderboard(cfg: PipelineConfig, merged: list[dict], mixtures: list[dict] | None = None) -> dict:
+    """Rank the merged versions and the mixture baselines with production and continual marked;
+    log table and plot to MLflow."""
     from h3ops.steps.gate import continual_latest, production_uri
     reg = registry(cfg)
     entries = [(m["uri"], m.get("label") or m.get("method", "?"), "merged") for m in merged]
+    entries += [(m["uri"], m.get("label", "mixture"), "mixture") for m in mixtures or []]
     if (prod := production_uri(cfg)):
         entries.append((prod, "production", "production"))
     entries += [(u, f"continual stage {i + 1}", "continual") for i, u in enumerate(continual_latest(cfg))]
@@ -96,6 +113,7 @@ def leaderboard(cfg: PipelineConfig, merged: list[dict]) -> dict:
         s = reg.get_scores(uri)
         if s is not None:
             rows.append({"model_uri": uri, "label": label, "role": role, **s.averages()})
+    rows = best_per_baseline(rows)
     rows.sort(key=lambda r: -r["avg"])
     out = workdir(cfg, "benchmark", datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S"))
     (out / "leaderboard.md").write_text(_table(rows))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -28,10 +28,41 @@ class Entry(_Strict):
     sweep: dict[str, list[Any]] = Field(default_factory=dict)
 
 
+class Mixture(_Strict):
+    """A data-mixture baseline (alignment.mixture): one DPO job on the mixed data per swept value."""
+    label: str = Field(pattern=r"^[a-z0-9_.=@-]+$")
+    method: Literal["heuristic", "reward", "hummer"]
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    sweep: dict[str, list[Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known(self) -> "Mixture":
+        allowed = {"heuristic": {"ratio", "seed"}, "reward": {"rule", "keep", "min_margin", "seed"},
+                   "hummer": {"threshold", "seed"}}[self.method]
+        unknown = sorted((set(self.parameters) | set(self.sweep)) - allowed)
+        if unknown:
+            raise ValueError(f"mixture {self.label!r} ({self.method}): unknown parameter(s) {unknown}; "
+                             f"known: {sorted(allowed)}")
+        return self
+
+    def runs(self, version: int) -> list[dict[str, Any]]:
+        """Every swept value (the paper keeps the best one), or the parameters alone."""
+        base = {"label": self.label, "method": self.method, "parameters": dict(self.parameters),
+                "version": version}
+        runs = [{**base, "label": f"{self.label}@{k}={v}", "parameters": {**self.parameters, k: v}}
+                for k, vs in self.sweep.items() for v in vs]
+        return runs or [base]
+
+
 class Plan(_Strict):
     version: int = Field(ge=1)
     entries: list[Entry] = Field(min_length=1)
     equal_by_spec: list[tuple[str, str]] = Field(default_factory=list)
+    mixtures: list[Mixture] = Field(default_factory=list)
+
+    def mixture_runs(self, scored: bool) -> list[dict[str, Any]]:
+        """The mixture DPO jobs; reward and hummer need a scorer and are left out without one."""
+        return [r for m in self.mixtures if scored or m.method == "heuristic" for r in m.runs(self.version)]
 
     @model_validator(mode="after")
     def _unique(self) -> "Plan":
