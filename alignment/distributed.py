@@ -93,7 +93,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
             continue
 
 
-def _import(path: str):
+def import_object(path: str):
     """'package.module:Name' → the object (callbacks named in a spec, built in every rank)."""
     import importlib
 
@@ -110,7 +110,7 @@ def worker(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     work = Path(spec["work"])
     settings = DPOSettings.from_dict(spec["settings"])
-    callbacks = [_import(c)() for c in spec.get("callbacks", [])]
+    callbacks = [import_object(c)() for c in spec.get("callbacks", [])]
     trainer = build_trainer(Path(spec["base"]), work, settings, callbacks, devices=spec["devices"],
                             sharded=True)
     last = last_checkpoint(work)

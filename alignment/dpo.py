@@ -324,9 +324,9 @@ def _fit_distributed(base: Path, work: Path, settings: DPOSettings, callbacks: l
 
 
 def _callback(c):
-    from alignment.distributed import _import
+    from alignment.distributed import import_object
 
-    return _import(c)() if isinstance(c, str) else c
+    return import_object(c)() if isinstance(c, str) else c
 
 
 def _stderr_logger():
