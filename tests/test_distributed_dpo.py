@@ -64,7 +64,8 @@ def losses(ckpt: Path) -> list[float]:
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(one_process, two_processes, tiny_base):
     m = Manifest.read(two_processes)
-    assert m.parameters["devices"] == 2 and m.parameters["distributed_type"] == "MULTI_CPU"
+    assert m.parameters["devices"] == m.parameters["world_size"] == 2
+    assert m.parameters["distributed_type"] == "MULTI_CPU" and m.parameters["param_dtype"] == "float32"
     assert m.parameters["metrics"]["steps"] == STEPS
     l1, l2 = losses(one_process), losses(two_processes)
     assert len(l1) == len(l2) == STEPS and l1[-1] < l1[0] - 0.1  # it trained
