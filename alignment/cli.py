@@ -30,6 +30,8 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", action="store_true", help="train a LoRA adapter (merged into the output)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any DPOSettings field")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--devices", type=int, default=1,
+                   help="train on this many devices: one torchrun process each (FSDP on GPUs)")
     p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
                    help="log training metrics to this MLflow tracking server (default $MLFLOW_TRACKING_URI)")
 
@@ -118,7 +120,7 @@ def _train(argv: list[str]) -> int:
     from alignment.dpo import train
 
     out = train(ns.base, ns.data, ns.out, settings=_settings(ns), dimension=ns.dimension, overwrite=ns.overwrite,
-                tracking_uri=ns.tracking_uri)
+                tracking_uri=ns.tracking_uri, devices=ns.devices)
     _emit({"checkpoint": str(out), "manifest": json.loads((Path(out) / "h3ops.json").read_text())})
     return 0
 
@@ -135,7 +137,7 @@ def _continual(argv: list[str]) -> int:
 
     stages = _pairs([s for item in ns.stage for s in item.split(",")], "--stage")
     outs = run_continual(ns.base, stages, ns.out, settings=_settings(ns), overwrite=ns.overwrite,
-                         tracking_uri=ns.tracking_uri)
+                         tracking_uri=ns.tracking_uri, devices=ns.devices)
     _emit({"checkpoints": [str(o) for o in outs]})
     return 0
 
