@@ -10,8 +10,9 @@ import functools
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from h3ops import safe_yaml
 
 DEFAULT_PLAN = Path(__file__).resolve().parents[1] / "merge_benchmark.yaml"
 
@@ -119,8 +120,8 @@ def _check_methods(plan: Plan, source: str) -> None:
 @functools.lru_cache(maxsize=8)
 def _load(path: str, mtime_ns: int) -> Plan:
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as e:
+        data = safe_yaml.load_file(path)
+    except safe_yaml.YamlError as e:
         raise ValueError(f"{path}: not valid YAML ({e})") from None
     try:
         plan = Plan.model_validate(data if isinstance(data, dict) else {})
