@@ -18,6 +18,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from h3ops.cliparser import Parser
+
 
 def _emit(obj) -> None:
     print(json.dumps(obj, indent=2, default=str))
@@ -28,6 +30,8 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", action="store_true", help="train a LoRA adapter (merged into the output)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any DPOSettings field")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--devices", type=int, default=1,
+                   help="train on this many devices: one torchrun process each (FSDP on GPUs)")
     p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
                    help="log training metrics to this MLflow tracking server (default $MLFLOW_TRACKING_URI)")
 
@@ -61,13 +65,14 @@ def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
 
 
 def _data(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="h3ops data")
+    p = Parser(prog="h3ops data", example="h3ops data validate landing/helpful.jsonl --dimension helpfulness\n"
+               "h3ops data build landing/*.jsonl --dimension helpfulness --out data/helpful --quarantine data/q")
     sub = p.add_subparsers(dest="action", required=True)
-    v = sub.add_parser("validate")
+    v = sub.add_parser("validate", example="h3ops data validate batch.jsonl --dimension honesty")
     v.add_argument("file")
     v.add_argument("--dimension")
     v.add_argument("--format")
-    b = sub.add_parser("build")
+    b = sub.add_parser("build", example="h3ops data build a.jsonl b.parquet --dimension honesty --out data/honest")
     b.add_argument("sources", nargs="+")
     b.add_argument("--out", required=True)
     b.add_argument("--dimension", required=True)
@@ -76,7 +81,7 @@ def _data(argv: list[str]) -> int:
     b.add_argument("--format")
     b.add_argument("--eval-holdout", type=float, default=0.05)
     b.add_argument("--overwrite", action="store_true")
-    d = sub.add_parser("demo")
+    d = sub.add_parser("demo", example="h3ops data demo --out data/demo --per-dimension 64")
     d.add_argument("--out", required=True)
     d.add_argument("--per-dimension", type=int, default=64)
     ns = p.parse_args(argv)
@@ -105,7 +110,7 @@ def _train(argv: list[str]) -> int:
         return _continual(argv[1:])
     if argv and argv[0] == "dpo":
         argv = argv[1:]
-    p = argparse.ArgumentParser(prog="h3ops train dpo")
+    p = Parser(prog="h3ops train dpo", example="h3ops train dpo --base ./base --data data/helpful --dimension helpfulness --out ckpt/helpful --lora")
     p.add_argument("--base", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--dimension", required=True)
@@ -115,13 +120,13 @@ def _train(argv: list[str]) -> int:
     from alignment.dpo import train
 
     out = train(ns.base, ns.data, ns.out, settings=_settings(ns), dimension=ns.dimension, overwrite=ns.overwrite,
-                tracking_uri=ns.tracking_uri)
+                tracking_uri=ns.tracking_uri, devices=ns.devices)
     _emit({"checkpoint": str(out), "manifest": json.loads((Path(out) / "h3ops.json").read_text())})
     return 0
 
 
 def _continual(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="h3ops continual")
+    p = Parser(prog="h3ops continual", example="h3ops continual --base ./base --stage helpfulness=data/helpful --stage honesty=data/honest --out ckpt/continual")
     p.add_argument("--base", required=True)
     p.add_argument("--stage", "--stages", action="append", required=True, metavar="DIMENSION=DATASET",
                    help="repeat in training order (paper: helpfulness&honesty, helpfulness&harmlessness, helpfulness)")
@@ -132,13 +137,13 @@ def _continual(argv: list[str]) -> int:
 
     stages = _pairs([s for item in ns.stage for s in item.split(",")], "--stage")
     outs = run_continual(ns.base, stages, ns.out, settings=_settings(ns), overwrite=ns.overwrite,
-                         tracking_uri=ns.tracking_uri)
+                         tracking_uri=ns.tracking_uri, devices=ns.devices)
     _emit({"checkpoints": [str(o) for o in outs]})
     return 0
 
 
 def _mixture(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="h3ops mixture")
+    p = Parser(prog="h3ops mixture", example="h3ops mixture heuristic --data helpfulness=data/helpful --data honesty=data/honest --out data/mix --ratio 0.1")
     p.add_argument("method", choices=("heuristic", "reward", "hummer"))
     p.add_argument("--data", action="append", required=True, metavar="DIMENSION=DATASET")
     p.add_argument("--out", required=True, help="the mixed dataset folder")
@@ -188,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         return HANDLERS[argv[0]](argv[1:])
     except (DatasetError, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"h3ops {argv[0]}: error: {e}", file=sys.stderr)
-        return 1
+        return 2  # bad input or usage (h3ops/cli.py's exit codes); 1 is a check that ran and failed
 
 
 if __name__ == "__main__":

@@ -47,6 +47,10 @@ class DPOSettings:
     lora_target: str | list[str] = "all-linear"
     precision: str = "fp32"  # fp32 | bf16 (bf16 autocast; faster on CPUs with AMX)
     gradient_checkpointing: bool = False
+    # Full DPO: the reference's log-probs are computed once before training (by TRL), so no second
+    # full copy of the model sits in memory while training. LoRA needs neither: the reference is the
+    # model with its adapter disabled.
+    precompute_ref_log_probs: bool = True
     save_steps: int = 50  # checkpoint cadence for resuming; does not change the result
     seed: int = 0
 
@@ -85,7 +89,8 @@ class DPOSettings:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {},
+    # 7-8B models on GPUs: bf16 weights, activations recomputed in the backward pass.
+    "paper": {"precision": "bf16", "gradient_checkpointing": True},
     # SmolLM2-135M on a few CPU cores: small batches, short sequences, a larger step size.
     "cpu-demo": {"batch_size": 4, "per_device_batch_size": 2, "max_length": 256, "learning_rate": 5e-6,
                  "beta": 0.1, "save_steps": 10},
@@ -96,15 +101,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _load_base(base: Path, dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def _check_base(base: Path) -> None:
     if not (base / "config.json").is_file():
         raise CheckpointError(f"{base}: base checkpoint does not load (no config.json)")
     weight_files(base)  # refuses pickle-only and weightless folders with a clear message
+
+
+def _load_base(base: Path, dtype):
+    """(model, tokenizer) from a checkpoint folder; dtype None keeps the folder's own dtype."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _check_base(base)
     try:
         tok = AutoTokenizer.from_pretrained(base)
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype or "auto")
     except Exception as e:  # noqa: BLE001 - any loader failure means the same thing to the caller
         raise CheckpointError(f"{base}: base checkpoint does not load ({type(e).__name__}: {e})") from e
     return model, tok
@@ -123,7 +133,9 @@ def _to_trl(rows: list[dict]):
     return Dataset.from_list([conv(r) for r in rows])
 
 
-def _last_checkpoint(work: Path) -> Path | None:
+def last_checkpoint(work: Path) -> Path | None:
+    if not work.is_dir():
+        return None
     cks = [p for p in work.glob("checkpoint-*") if p.is_dir() and (p / "trainer_state.json").is_file()]
     return max(cks, key=lambda p: int(p.name.split("-")[-1])) if cks else None
 
@@ -136,10 +148,16 @@ def run_key(base_digest: str, data_digest: str, dimension: str, settings: DPOSet
 def train(base: str | Path, dataset: str | Path, out_dir: str | Path, *, settings: DPOSettings | None = None,
           dimension: str, overwrite: bool = False, kind: str = "candidate",
           parents: list[dict[str, str]] | None = None, callbacks: list | None = None,
-          tracking_uri: str | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """DPO-train `base` on `dataset` for `dimension`; returns the checkpoint folder `out_dir`."""
+          tracking_uri: str | None = None, extra: dict[str, Any] | None = None, devices: int = 1,
+          launch: bool | None = None) -> Path:
+    """DPO-train `base` on `dataset` for `dimension`; returns the checkpoint folder `out_dir`.
+
+    With `devices` > 1 (or `launch=True`) the job runs as that many torchrun processes with FSDP
+    (alignment.distributed); `callbacks` must then be 'module:Name' strings, built in every process.
+    """
     settings = settings or DPOSettings()
     check_dimension(dimension)
+    check_devices(settings, devices)
     base, out_dir = Path(base), Path(out_dir)
     data = load_dataset(dataset, dimension=dimension)
     if not base.is_dir():
@@ -153,7 +171,18 @@ def train(base: str | Path, dataset: str | Path, out_dir: str | Path, *, setting
         raise FileExistsError(f"{out_dir}: output folder already holds a different checkpoint "
                               "(pass overwrite=True to replace it)")
     work = out_dir.parent / f".{out_dir.name}.work-{short(key, 16)}"
-    result = _fit(base, data, work, settings, callbacks or [])
+    _check_base(base)
+    save_trl_dataset(data.train, work)
+    launched = devices > 1 if launch is None else launch
+    try:
+        if launched:
+            result = _fit_distributed(base, work, settings, callbacks or [], devices)
+        else:
+            result = _fit(base, work, settings, [_callback(c) for c in callbacks or []])
+    except BaseException:
+        if last_checkpoint(work) is None:  # nothing to resume from: leave nothing behind
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         _save(result, base, tmp)
         Manifest(kind=kind, produced_by=PRODUCED_BY, method="dpo-lora" if settings.lora else "dpo",
@@ -161,37 +190,85 @@ def train(base: str | Path, dataset: str | Path, out_dir: str | Path, *, setting
                  seed=settings.seed, dimension=dimension,
                  data_digests={dimension: data.digest}, settings=settings.to_dict(),
                  parameters={"run_key": key, "data_uri": data.path, "metrics": result["metrics"],
-                             "resumed_from_step": result["resumed_from_step"], **(extra or {})}).write(tmp)
+                             "resumed_from_step": result["resumed_from_step"], "devices": devices,
+                             "distributed_type": result.get("distributed_type", "NO"),
+                             **{k: result[k] for k in ("world_size", "param_dtype") if k in result},
+                             **(extra or {})}).write(tmp)
     shutil.rmtree(work, ignore_errors=True)
     _log_mlflow(tracking_uri, out_dir, dimension, settings, result, key)
     return out_dir
 
 
-def trl_config(work: Path, settings: DPOSettings):
+def check_devices(settings: DPOSettings, devices: int) -> None:
+    """The global batch must split evenly over devices × per-device batch (accumulation fills the rest)."""
+    if not isinstance(devices, int) or devices < 1:
+        raise ValueError(f"devices must be a positive integer, got {devices!r}")
+    if settings.batch_size % (settings.per_device_batch_size * devices):
+        raise ValueError(f"batch_size {settings.batch_size} is not a multiple of per_device_batch_size "
+                         f"{settings.per_device_batch_size} x devices {devices}")
+
+
+def trl_config(work: Path, settings: DPOSettings, devices: int = 1, model_config: dict | None = None,
+               sharded: bool = False):
     import torch
     from trl import DPOConfig
 
-    accum = settings.batch_size // settings.per_device_batch_size
+    from alignment.distributed import fsdp_args
+
+    accum = settings.batch_size // (settings.per_device_batch_size * devices)
     on_gpu = torch.cuda.is_available()
+    sharding = fsdp_args(model_config or {}) if sharded else {}
+    checkpointing = settings.gradient_checkpointing
+    if sharding and checkpointing:
+        # FSDP's own activation checkpointing: the Trainer's variant adds an extra all-gather per layer.
+        sharding["fsdp_config"]["activation_checkpointing"] = True
+        checkpointing = False
     return DPOConfig(
         output_dir=str(work), use_cpu=not on_gpu, bf16=settings.precision == "bf16", fp16=False,
         per_device_train_batch_size=settings.per_device_batch_size, gradient_accumulation_steps=accum,
         learning_rate=settings.learning_rate, num_train_epochs=settings.epochs, max_steps=settings.max_steps,
         lr_scheduler_type=settings.lr_scheduler, warmup_steps=settings.warmup_ratio, optim=settings.optimizer,
         beta=settings.beta, loss_type=[settings.loss_type], max_length=settings.max_length,
-        gradient_checkpointing=settings.gradient_checkpointing, save_strategy="steps",
+        gradient_checkpointing=checkpointing, save_strategy="steps",
+        precompute_ref_log_probs=settings.precompute_ref_log_probs and not settings.lora,
         save_steps=settings.save_steps, save_total_limit=2, logging_steps=1, report_to=[], seed=settings.seed,
         data_seed=settings.seed, disable_tqdm=True, dataloader_num_workers=0, dataset_num_proc=None,
+        ddp_find_unused_parameters=False, **sharding,
     )
 
 
-def _fit(base: Path, data, work: Path, settings: DPOSettings, callbacks: list) -> dict[str, Any]:
+def save_trl_dataset(rows: list[dict], work: Path) -> Path:
+    """The training rows in TRL's format, on disk in the work folder.
+
+    Every rank loads the same files, and TRL's tokenisation and reference log-prob caches land
+    next to them (shared by all ranks and kept for a resumed run) instead of in per-process
+    temporary folders.
+    """
+    folder = work / "dataset"
+    if not (folder / "dataset_info.json").is_file():
+        tmp = work / f".dataset.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        _to_trl(rows).save_to_disk(str(tmp))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    return folder
+
+
+def build_trainer(base: Path, work: Path, settings: DPOSettings, callbacks: list, devices: int = 1,
+                  sharded: bool = False):
+    """The TRL DPOTrainer for one process (of `devices`), training data from `work/dataset`;
+    `sharded`: under torchrun, with FSDP."""
     import torch
+    from datasets import load_from_disk
     from transformers import PrinterCallback
     from trl import DPOTrainer
 
-    args = trl_config(work, settings)  # TRL refuses bad settings here, before any model is loaded
-    model, tok = _load_base(base, torch.float32)
+    cfg = json.loads((base / "config.json").read_text())
+    args = trl_config(work, settings, devices, cfg, sharded)  # TRL refuses bad settings here, before any load
+    # bf16 weights where bf16 runs natively (GPUs: half the memory of fp32); on CPUs fp32 master
+    # weights with bf16 autocast.
+    bf16_weights = settings.precision == "bf16" and torch.cuda.is_available()
+    model, tok = _load_base(base, torch.bfloat16 if bf16_weights else torch.float32)
     ref = None
     peft_config = None
     if settings.lora:
@@ -201,22 +278,56 @@ def _fit(base: Path, data, work: Path, settings: DPOSettings, callbacks: list) -
         peft_config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
                                  lora_dropout=settings.lora_dropout, target_modules=settings.lora_target,
                                  task_type="CAUSAL_LM")
-    else:
-        ref, _ = _load_base(base, torch.float32)
-    trainer = DPOTrainer(model=model, ref_model=ref, args=args,
-                         train_dataset=_to_trl(data.train), processing_class=tok, peft_config=peft_config,
-                         callbacks=callbacks)
+    elif not settings.precompute_ref_log_probs and not sharded:
+        ref, _ = _load_base(base, model.dtype)  # under FSDP TRL loads (and shards) it from the base path
+    trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=load_from_disk(str(work / "dataset")),
+                         processing_class=tok, peft_config=peft_config, callbacks=callbacks)
     # Progress goes to stderr: stdout belongs to the CLI's JSON result.
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(_stderr_logger())
-    last = _last_checkpoint(work) if work.is_dir() else None
-    trainer.train(resume_from_checkpoint=str(last) if last else None)
+    return trainer
+
+
+def train_metrics(trainer) -> dict[str, Any]:
     history = [h for h in trainer.state.log_history if "loss" in h]
     summary = next((h for h in reversed(trainer.state.log_history) if "train_runtime" in h), {})
     metrics = {"steps": trainer.state.global_step, "train_runtime_s": summary.get("train_runtime"),
                "first": _pick(history[0]) if history else {}, "last": _pick(history[-1]) if history else {}}
-    return {"model": trainer.model, "tokenizer": tok, "metrics": metrics, "history": history,
+    return {"metrics": metrics, "history": history}
+
+
+def _fit(base: Path, work: Path, settings: DPOSettings, callbacks: list) -> dict[str, Any]:
+    trainer = build_trainer(base, work, settings, callbacks)
+    last = last_checkpoint(work)
+    trainer.train(resume_from_checkpoint=str(last) if last else None)
+    return {"model": trainer.model, "tokenizer": trainer.processing_class, **train_metrics(trainer),
             "resumed_from_step": int(last.name.split("-")[-1]) if last else 0, "lora": settings.lora}
+
+
+def _fit_distributed(base: Path, work: Path, settings: DPOSettings, callbacks: list, devices: int) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    from alignment.distributed import FINAL, launch
+
+    if any(not isinstance(c, str) for c in callbacks):
+        raise ValueError("with devices > 1, callbacks must be 'module:Name' strings (built in every process)")
+    spec = {"base": str(base), "work": str(work), "settings": settings.to_dict(), "devices": devices,
+            "callbacks": list(callbacks)}
+    result = launch(work, spec, devices)
+    final = work / FINAL
+    if settings.lora:  # FSDP saved the adapter; the checkpoint is the base with it merged in
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(_load_base(base, None)[0], final)
+    else:
+        model = _load_base(final, None)[0]
+    return {"model": model, "tokenizer": AutoTokenizer.from_pretrained(base), "lora": settings.lora, **result}
+
+
+def _callback(c):
+    from alignment.distributed import import_object
+
+    return import_object(c)() if isinstance(c, str) else c
 
 
 def _stderr_logger():

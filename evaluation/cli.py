@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
+
+from h3ops.cliparser import Parser, add_json
 
 
 def _suite_for(name: str | None):
@@ -59,6 +62,18 @@ def cmd_eval(args) -> int:
     reg, ref = _version_of(args) if args.model_version else (None, None)
     res = run_suite(args.model, args.suite, limit=args.limit, judge=args.judge, cache_dir=args.cache_dir,
                     out_dir=args.out, device=args.device)
+    run_id = None
+    if ref is not None:
+        # The registry owns MLflow: it logs an evaluation run linked to the version (tags, metrics).
+        with contextlib.redirect_stdout(sys.stderr):  # MLflow's "View run" lines are not our result
+            run_id = reg.log_evaluation(ref, dict(res.metrics), res.scores, res.scores.suite_digest,
+                                        details_dir=res.details_dir, model_digest=res.model_digest)
+    if args.json:
+        print(json.dumps({"metrics": res.metrics, **res.scores.averages(), "suite": res.suite,
+                          "suite_digest": res.suite_digest, "model_digest": res.model_digest, "cached": res.cached,
+                          "result": str(Path(args.out) / "result.json") if args.out else None,
+                          "mlflow_run_id": run_id, "model_version": args.model_version}, indent=2))
+        return 0
     width = max(map(len, res.metrics))
     for k, v in res.metrics.items():
         print(f"{k:<{width}}  {v:7.2f}")
@@ -68,10 +83,7 @@ def cmd_eval(args) -> int:
           f"{'  (cached)' if res.cached else ''}")
     if args.out:
         print(f"result: {Path(args.out) / 'result.json'}")
-    if ref is not None:
-        # The registry owns MLflow: it logs an evaluation run linked to the version (tags, metrics).
-        run_id = reg.log_evaluation(ref, dict(res.metrics), res.scores, res.scores.suite_digest,
-                                    details_dir=res.details_dir, model_digest=res.model_digest)
+    if run_id is not None:
         print(f"mlflow evaluation run {run_id} for {args.model_version}")
     return 0
 
@@ -91,14 +103,21 @@ def cmd_gate(args) -> int:
     prod = _read_scores(args.production, args.suite) if args.production else None
     cont = [_read_scores(p, args.suite) for p in args.continual]
     decision = decide(cand, prod, cont, policy)
-    print(decision.summary())
+    print(json.dumps(decision.to_dict(), indent=2, default=str) if args.json else decision.summary())
     if args.out:
         Path(args.out).write_text(json.dumps(decision.to_dict(), indent=2, default=str) + "\n")
     return 0 if decision.passed else 1
 
 
+EXAMPLES = {
+    "eval": "h3ops eval ./merged --suite cpu-3h --limit 10 --model-version models:/proj-merged/3",
+    "score": "h3ops score result.json",
+    "gate": "h3ops gate merged.json --production prod.json --continual stage1.json stage2.json --out decision.json",
+}
+
+
 def parser(name: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"h3ops {name}")
+    p = Parser(prog=f"h3ops {name}", example=EXAMPLES[name])
     if name == "eval":
         p.add_argument("model", help="checkpoint folder")
         p.add_argument("--suite", default="cpu-3h", help="suite name or YAML path (default cpu-3h)")
@@ -110,6 +129,7 @@ def parser(name: str) -> argparse.ArgumentParser:
         p.add_argument("--model-version", help="models:/NAME/VERSION: log an MLflow evaluation run linked to it")
         p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
                        help="MLflow server for --model-version (default $MLFLOW_TRACKING_URI)")
+        add_json(p)
     elif name == "score":
         p.add_argument("metrics", help="metrics JSON ({benchmark: value}) or a result.json")
         p.add_argument("--suite", help="suite name (default: the result's, else full-3h)")
@@ -120,6 +140,7 @@ def parser(name: str) -> argparse.ArgumentParser:
         p.add_argument("--policy", help="gate policy YAML/JSON (margin, max_regression, rule)")
         p.add_argument("--suite", help="suite name (default: the results')")
         p.add_argument("--out", help="write the decision record here")
+        add_json(p)
     return p
 
 

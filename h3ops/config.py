@@ -57,9 +57,13 @@ class Dimension(_Strict):
 
 
 class DPO(_Strict):
-    """DPO settings; `preset` picks a named DPOSettings preset, `overrides` sets its fields."""
+    """DPO settings; `preset` picks a named DPOSettings preset, `overrides` sets its fields.
+
+    `devices` is how many devices (GPUs) one DPO task trains on: the step launches that many
+    processes and the Airflow task takes that many slots of the GPU pool (plugins.pools)."""
     preset: str | None = None
     overrides: dict[str, Any] = Field(default_factory=dict)
+    devices: int = Field(default=1, ge=1, le=64)
 
 
 class Merge(_Strict):

@@ -234,11 +234,14 @@ def main(argv: list[str]) -> int:
     from h3ops.config import ConfigError, load_config
     from h3ops.safe_yaml import clip
 
-    args = argv[1:] if argv and argv[0] == "config" else argv
-    if len(args) != 2 or args[0] not in ("check", "validate"):
-        print("usage: h3ops config check FILE", file=sys.stderr)
-        return 2
-    path = args[1]
+    from h3ops.cliparser import Parser
+
+    p = Parser(prog="h3ops config", description="Check a pipeline config: every field, the merge method and its "
+               "parameters, the DPO settings through TRL's DPOConfig, the suite and the gate policy.",
+               example="h3ops config check examples/smollm2.yaml")
+    p.add_argument("action", choices=("check", "validate"))
+    p.add_argument("file", help="pipeline YAML")
+    path = p.parse_args(argv[1:] if argv and argv[0] == "config" else argv).file
     try:
         cfg = load_config(path)
         problems = trl_problems(cfg)

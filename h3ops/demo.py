@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 
 from h3ops import atomic
+from h3ops.cliparser import Parser
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="h3ops demo", description=__doc__.splitlines()[0])
+    p = Parser(prog="h3ops demo", description=__doc__.splitlines()[0], example="h3ops demo --tiny   # a 2-layer model, a few minutes")
     p.add_argument("--tiny", action="store_true", help="a 2-layer Llama instead of SmolLM2 (a fast run)")
     p.add_argument("--config", help="pipeline YAML (default: examples/smollm2.yaml, or tiny.yaml)")
     p.add_argument("--home", default=".h3ops", help="where everything is written (default ./.h3ops)")

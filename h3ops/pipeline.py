@@ -10,6 +10,7 @@ import json
 import sys
 from typing import Any
 
+from h3ops.cliparser import Parser
 from h3ops.config import ConfigError, PipelineConfig, load_config
 from h3ops.steps import STEPS, _load_all, get_step
 
@@ -31,7 +32,8 @@ def run_step(name: str, cfg: PipelineConfig | str, inputs: dict[str, Any] | None
 
 def _parser() -> argparse.ArgumentParser:
     _load_all()
-    p = argparse.ArgumentParser(prog="h3ops step", description=__doc__.splitlines()[0])
+    p = Parser(prog="h3ops step", description=__doc__.splitlines()[0],
+               example='h3ops step merge --config examples/tiny.yaml --inputs \'{"candidates": ["models:/tiny-candidates/1"]}\'')
     p.add_argument("name", choices=sorted(STEPS))
     p.add_argument("--config", required=True, help="pipeline YAML")
     p.add_argument("--inputs", default="{}", help="JSON object of the step's keyword inputs")

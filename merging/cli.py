@@ -7,6 +7,7 @@ import importlib.util
 import sys
 
 from h3ops.checkpoint import CheckpointError
+from h3ops.cliparser import Parser, add_json
 from h3ops.suggest import did_you_mean
 from merging.method import MergeConfigError
 
@@ -28,16 +29,13 @@ REFUSED_FLAGS = {
     "--no-copy-tokenizer": "h3ops always copies the tokenizer files",
 }
 
-EXAMPLE = """example:
-  h3ops merge ties.yaml ./merged --seed 0 --max-shard-size 5B
-  (mergekit-yaml's --cuda, --out-shard-size, --random-seed, --lazy-unpickle and --copy-tokenizer
-  are accepted too; sizes read 5B as 5 billion bytes like mergekit, 2GB/500MiB as bytes)"""
+EXAMPLE = """h3ops merge ties.yaml ./merged --seed 0 --max-shard-size 5B
+(mergekit-yaml's --cuda, --out-shard-size, --random-seed, --lazy-unpickle and --copy-tokenizer
+are accepted too; sizes read 5B as 5 billion bytes like mergekit, 2GB/500MiB as bytes)"""
 
 
 def _merge_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="h3ops merge", description="Merge checkpoints from a mergekit-style YAML.",
-                                allow_abbrev=False,
-                                epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="h3ops merge", description="Merge checkpoints from a mergekit-style YAML.", example=EXAMPLE)
     p.add_argument("config", help="merge config (mergekit YAML: merge_method, base_model, models, parameters, …)")
     p.add_argument("out_dir", help="output checkpoint folder (written atomically)")
     p.add_argument("--seed", "--random-seed", type=int, default=0,
@@ -54,6 +52,7 @@ def _merge_parser() -> argparse.ArgumentParser:
                    help="also write diagnostics.json (sign conflicts, delta norms, sparsity; α_t, k_l, STI for "
                         "tsvm/r_tsvm) into the output folder and print a per-layer-type summary")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    add_json(p)
     for flag in NO_OP_FLAGS:
         p.add_argument(flag, action="append_const", const=flag, dest="no_ops", help=argparse.SUPPRESS)
     return p
@@ -86,19 +85,27 @@ def merge_main(argv: list[str]) -> int:
     from merging.engine import MergeError, merge
 
     try:
-        merge(args.config, args.out_dir, seed=args.seed, device=args.device, max_shard_size=args.max_shard_size,
+        out = merge(args.config, args.out_dir, seed=args.seed, device=args.device, max_shard_size=args.max_shard_size,
               overwrite=args.overwrite, allow_pickle=args.allow_pickle,
               allow_remote_code=args.allow_remote_code, progress=False if args.no_progress else None,
               diagnostics=args.diagnostics)
     except (MergeConfigError, MergeError, CheckpointError, FileExistsError, ValueError) as e:
         print(f"h3ops merge: error: {e}", file=sys.stderr)
         return 2
-    if args.diagnostics:
+    if args.json:
+        import json
+
+        from h3ops.checkpoint import read_manifest
+
+        m = read_manifest(out)
+        print(json.dumps({"checkpoint": str(out), "method": m.method, "seed": m.seed, "parents": m.parents},
+                         indent=2))
+    elif args.diagnostics:  # the library logs the summary; the command shows it
         import json
         from pathlib import Path
 
         from merging.diagnostics import DIAGNOSTICS, format_summary
-        print(format_summary(json.loads((Path(args.out_dir) / DIAGNOSTICS).read_text())["summary"]))
+        print(format_summary(json.loads((Path(out) / DIAGNOSTICS).read_text())["summary"]))
     return 0
 
 

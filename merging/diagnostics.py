@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from h3ops.cliparser import Parser
+
 import torch
 
 from merging.methods.rtsvm import RTSVMConfig, layer_statistics
@@ -215,7 +217,8 @@ def diagnose(base: str | Path, candidates: list[str | Path], *, device: str = "c
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="h3ops diagnose", description="Task-vector conflict diagnostics of candidates "
+    p = Parser(prog="h3ops diagnose", example="h3ops diagnose ./base ./helpful ./honest ./harmless --json report.json",
+               description="Task-vector conflict diagnostics of candidates "
                                 "against their common base (sign conflicts, cosine, sparsity, STI, R-TSVM α_t/k_l).")
     p.add_argument("base", help="base checkpoint folder")
     p.add_argument("candidates", nargs="+", help="candidate checkpoint folders fine-tuned from the base")

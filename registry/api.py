@@ -22,7 +22,8 @@ from h3ops.checkpoint import CheckpointError, atomic_output_dir
 from h3ops.digest import checkpoint_files, digest_dir
 from registry.checkpoints import KINDS, TAG, inspect_checkpoint
 
-SUFFIX = {"candidate": "candidates", "continual": "continual", "merged": "merged", "base": "base"}
+SUFFIX = {"candidate": "candidates", "continual": "continual", "merged": "merged", "base": "base",
+          "mixture": "mixture"}
 PRODUCTION, PREVIOUS = "production", "previous-production"
 _PROJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_-]+))$")
@@ -323,6 +324,11 @@ class Registry:
         the version's own tags, so a run logged for it but measured on other content never counts."""
         from evaluation.scoring import Scores
 
+        run = self.evaluation_run(model_uri, suite_digest)
+        return Scores.from_dict(json.loads(run.data.tags[f"{TAG}scores"])) if run else None
+
+    def evaluation_run(self, model_uri: str | VersionRef, suite_digest: str | None = None):
+        """The latest MLflow evaluation run measured on this version's content (None if none)."""
         ref = self.resolve(model_uri)
         content = ref.tags.get(f"{TAG}content_digest")
         exp = self.client.get_experiment_by_name(f"h3ops/{project_of(ref.name)}/evaluations")
@@ -333,7 +339,7 @@ class Registry:
             query += f" and tags.`{TAG}suite_digest` = '{suite_digest}'"
         runs = self.client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"],
                                        max_results=1)
-        return Scores.from_dict(json.loads(runs[0].data.tags[f"{TAG}scores"])) if runs else None
+        return runs[0] if runs else None
 
     # --- queries ------------------------------------------------------------------------------------
     def versions(self, project: str, kind: str = "merged") -> list[VersionRef]:

@@ -15,7 +15,7 @@ from h3ops.checkpoint import CheckpointError, Manifest
 from h3ops.digest import digest_dir, digest_json
 from h3ops.safe_checkpoint import check_checkpoint_folder
 
-KINDS = ("candidate", "continual", "merged", "base")
+KINDS = ("candidate", "continual", "merged", "base", "mixture")  # mixture: a data-mixture baseline
 TAG = "h3ops."  # prefix of every tag h3ops writes
 
 

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
 from typing import Any
 
 from h3ops.checkpoint import CheckpointError
+from h3ops.cliparser import Parser, add_json
 from registry.api import RegistryError
-from registry.checkpoints import TAG
+from registry import compare
+from registry.checkpoints import KINDS, TAG
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -24,8 +27,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", required=True)
 
 
+EXAMPLES = {
+    "register": "h3ops register ./ckpt/helpful --project proj --kind candidate --dimension helpfulness",
+    "versions": "h3ops versions --project proj --kind merged --json",
+    "compare": "h3ops compare --project proj --kind merged 3 4",
+    "promote": "h3ops promote --project proj --candidate models:/proj-merged/4",
+    "rollback": "h3ops rollback --project proj --reason 'regression seen in serving'",
+}
+
+
 def _parser(cmd: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"h3ops {cmd}")
+    p = Parser(prog=f"h3ops {cmd}", example=EXAMPLES[cmd])
     _common(p)
     if cmd == "register":
         p.add_argument("folder")
@@ -35,11 +47,17 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("--parent", action="append", default=[], help="parent URI or sha256 digest (repeatable)")
         p.add_argument("--allow-remote-code", action="store_true",
                        help="accept *.py files and auto_map in config.json (code transformers would run)")
-    elif cmd in ("versions", "compare"):
-        p.add_argument("--kind", default="merged", choices=["candidate", "continual", "merged", "base"])
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-        if cmd == "compare":
-            p.add_argument("version", nargs="*", help="versions to compare (default: all)")
+    elif cmd == "versions":
+        p.add_argument("--kind", default="merged", choices=list(KINDS))
+        add_json(p)
+    elif cmd == "compare":
+        p.add_argument("--kind", action="append", choices=[*KINDS, "all"],
+                       help="kinds to compare, repeatable (default: all; production is always included)")
+        p.add_argument("version", nargs="*", help="version numbers (one --kind) or models:/ URIs (default: all)")
+        p.add_argument("--plot", help="write the 3H trade-off plot (PNG) here")
+        p.add_argument("--log", action="store_true",
+                       help="also record the table and plot as a comparison run in MLflow")
+        add_json(p)
     elif cmd == "promote":
         p.add_argument("--candidate", required=True, help="models:/<project>-merged/<version>")
         p.add_argument("--decision", help="a decision JSON from the pipeline's gate step: verified against the "
@@ -52,10 +70,12 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("--reason", help="why (recorded on the version); required with --force")
         p.add_argument("--force", action="store_true",
                        help="bypass the gate (needs --reason; recorded in the audit trail)")
+        add_json(p)
     elif cmd == "rollback":
         p.add_argument("--manifest")
         p.add_argument("--by")
         p.add_argument("--reason", default="rollback")
+        add_json(p)
     return p
 
 
@@ -67,26 +87,8 @@ def _registry(a):
     return Registry(a.tracking_uri, a.registry_uri, a.artifact_location)
 
 
-def _rows(reg, project: str, kind: str, only: list[str] | None = None) -> list[dict[str, Any]]:
-    prod, prev = reg.production(project), reg.previous_production(project)
-    rows = []
-    for r in reg.versions(project, kind):
-        if only and r.version not in only:
-            continue
-        s = reg.get_scores(r)
-        aliases = [n for n, a in (("production", prod), ("previous-production", prev)) if a and a.uri == r.uri]
-        parents = json.loads(r.tags.get(f"{TAG}parents", "[]") or "[]")
-        rows.append({"version": r.version, "uri": r.uri, "kind": r.tags.get(f"{TAG}kind", ""),
-                     "dimension": r.tags.get(f"{TAG}dimension", ""), "method": r.tags.get(f"{TAG}method", ""),
-                     "parents": [p.get("uri") or p.get("digest", "")[:19] for p in parents],
-                     "aliases": aliases, "suite": s.suite if s else None,
-                     **{k: (round(getattr(s, k), 2) if s else None)
-                        for k in ("helpful_avg", "honest_avg", "harmless_avg", "avg")}})
-    return rows
-
-
 def _table(rows: list[dict[str, Any]]) -> str:
-    cols = ["version", "kind", "dimension", "method", "helpful_avg", "honest_avg", "harmless_avg", "avg",
+    cols = ["uri", "kind", "dimension", "method", "helpful_avg", "honest_avg", "harmless_avg", "avg",
             "aliases", "parents"]
     cells = [[c for c in cols]] + [[", ".join(map(str, r[c])) if isinstance(r[c], list)
                                     else ("-" if r[c] in (None, "") else str(r[c])) for c in cols] for r in rows]
@@ -127,11 +129,29 @@ def _run(cmd: str, a, out) -> int:
                                       description=a.description, allow_remote_code=a.allow_remote_code)
         print(json.dumps({"uri": ref.uri, "name": ref.name, "version": ref.version,
                           "idempotency_key": ref.idempotency_key}), file=out)
-    elif cmd in ("versions", "compare"):
-        rows = _rows(reg, a.project, a.kind, getattr(a, "version", None) or None)
+    elif cmd == "versions":
+        rows = compare.rows(reg, a.project, [a.kind], include_production=False)
         print(json.dumps(rows, indent=2) if a.json else _table(rows), file=out)
-        if cmd == "compare" and not a.json:
-            print(f"\nMLflow UI: {reg.compare_url(a.project, [r['version'] for r in rows], a.kind)}", file=out)
+    elif cmd == "compare":
+        kinds = list(KINDS) if not a.kind or "all" in a.kind else a.kind
+        rows = compare.rows(reg, a.project, kinds, a.version or None)
+        url = None
+        with contextlib.suppress(RegistryError):  # a file/SQLite store has no UI to link to
+            url = compare.runs_url(reg, rows)
+        if a.plot:
+            compare.plot(rows, a.plot, title=f"{a.project}: 3H trade-off")
+        run_id = compare.log(reg, a.project, rows) if a.log else None
+        if a.json:
+            print(json.dumps({"rows": rows, "mlflow_compare_url": url, "plot": a.plot, "run_id": run_id}, indent=2),
+                  file=out)
+        else:
+            print(_table(rows), file=out)
+            for label, value in (("MLflow run comparison", url), ("plot", a.plot), ("comparison run", run_id)):
+                if value:
+                    print(f"{label}: {value}", file=out)
+            for kind in kinds:  # the registry's own side-by-side page, per registered model
+                with contextlib.suppress(RegistryError):
+                    print(f"MLflow {kind} versions: {reg.compare_url(a.project, None, kind)}", file=out)
     elif cmd == "promote":
         decision = None
         if a.decision:
@@ -143,15 +163,18 @@ def _run(cmd: str, a, out) -> int:
         res = reg.promote(a.project, a.candidate, decision, policy=_policy(a), force=a.force, by=a.by,
                           reason=a.reason, manifest_path=a.manifest)
         d = res.details.get("decision") or {}
-        if d.get("rules"):
-            from evaluation.gate import summary
+        if a.json:
+            print(json.dumps(dataclasses.asdict(res), indent=2, default=str), file=out)
+        else:
+            if d.get("rules"):
+                from evaluation.gate import summary
 
-            print(summary(d), file=out)
-        print(res.message, file=out)
+                print(summary(d), file=out)
+            print(res.message, file=out)
         return 0 if res.promoted else 1
     elif cmd == "rollback":
         res = reg.rollback(a.project, by=a.by, reason=a.reason, manifest_path=a.manifest)
-        print(res.message, file=out)
+        print(json.dumps(dataclasses.asdict(res), indent=2, default=str) if a.json else res.message, file=out)
     else:
         print(f"h3ops: registry has no command {cmd!r}", file=sys.stderr)
         return 2

@@ -14,9 +14,12 @@ import sys
 import threading
 from pathlib import Path
 
+from h3ops.cliparser import Parser
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="h3ops serve", description=__doc__.splitlines()[0])
+    p = Parser(prog="h3ops serve", description=__doc__.splitlines()[0],
+               example="h3ops serve --project smollm2-3h --tracking-uri http://127.0.0.1:5000 --port 8000")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--project", help="serve models:/<project>-merged@production")
     which.add_argument("--model", help="a models:/<name>@<alias> or models:/<name>/<version> URI")

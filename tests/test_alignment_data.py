@@ -256,7 +256,7 @@ def test_data_cli(tmp_path, capsys):
     assert out["faults"] == [{"line": 5, "field": "chosen", "reason": "empty"}]
     rc = main(["data", "build", str(path), "--out", str(tmp_path / "ds"), "--dimension", "honesty", "--policy", "drop"])
     assert rc == 0 and json.loads(capsys.readouterr().out)["rows"] + 0 >= 1
-    assert main(["data", "build", str(path), "--out", str(tmp_path / "ds3"), "--dimension", "honesty"]) == 1
+    assert main(["data", "build", str(path), "--out", str(tmp_path / "ds3"), "--dimension", "honesty"]) == 2
     assert "no valid honesty rows" in capsys.readouterr().err and not (tmp_path / "ds3").exists()
 
 

@@ -223,5 +223,5 @@ def test_train_cli_reruns_to_the_same_output_and_reports_bad_input(full_run, tin
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["checkpoint"] == str(full_run)
     assert (full_run / "model.safetensors").stat().st_mtime_ns == before
-    assert main(argv[:-2] + ["--set", "betta=1"]) == 1
+    assert main(argv[:-2] + ["--set", "betta=1"]) == 2
     assert "--set 'betta=1'" in capsys.readouterr().err

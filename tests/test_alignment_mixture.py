@@ -125,5 +125,5 @@ def test_mixture_cli_builds_and_trains_one_dpo_model(tiny_base, tmp_path, capsys
     assert [h.step for h in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
     # bad usage is an error that names the problem
     assert main(["mixture", "reward", "--data", f"helpfulness={sources['helpfulness']}", "--out",
-                 str(tmp_path / "m2")]) == 1
+                 str(tmp_path / "m2")]) == 2
     assert "needs a scorer" in capsys.readouterr().err and not (tmp_path / "m2").exists()

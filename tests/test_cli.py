@@ -102,3 +102,44 @@ def test_unsupported_mergekit_features_are_named(tiny_base, tiny_candidates, tmp
         merge(cfg, tmp_path / "out", progress=False)
     assert message in str(e.value)
     assert not (tmp_path / "out").exists()
+
+
+HELP_COMMANDS = [["data"], ["data", "validate"], ["data", "build"], ["train", "dpo"], ["continual"], ["mixture"],
+                 ["merge"], ["diagnose"], ["eval"], ["score"], ["gate"], ["register"], ["versions"], ["compare"],
+                 ["promote"], ["rollback"], ["step"], ["demo"], ["up"], ["status"], ["serve"], ["config"]]
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=" ".join)
+def test_every_help_has_an_example_and_its_defaults(command, capsys):
+    from h3ops.cli import COMMANDS, main
+
+    assert command[0] in COMMANDS
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "\nexample:\n  h3ops " in text, text
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_defaults_are_shown(capsys):
+    from h3ops.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["merge", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 2GB)" in text and "(default: cpu)" in text and "(default: 0)" in text
+
+
+def test_json_results(tiny_base, tiny_candidates, tmp_path):
+    import json
+
+    cfg = tmp_path / "ta.yaml"
+    cfg.write_text(yaml.safe_dump({"merge_method": "linear", "models": [{"model": str(c)} for c in tiny_candidates]}))
+    r = h3ops("merge", str(cfg), str(tmp_path / "m"), "--json", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["method"] == "linear" and [p["uri"] for p in out["parents"]] == [str(c) for c in tiny_candidates]
+    r = h3ops("status", "--home", str(tmp_path / "nostack"), "--json")
+    rows = json.loads(r.stdout)
+    assert r.returncode == 1 and rows and not any(row["running"] for row in rows)  # a stopped stack: a failed check

@@ -23,7 +23,8 @@ INFRA = ROOT / "infra"
 # The tasks that need a GPU (training, merging, evaluating a model); each must be placed as one.
 GPU_TASKS = {("continual_alignment", "train"), ("continual_alignment", "merge"),
              ("continual_alignment", "evaluate"), ("continual_dpo_baseline", "continual"),
-             ("continual_dpo_baseline", "evaluate"), ("merge_benchmark", "merge_and_evaluate")}
+             ("continual_dpo_baseline", "evaluate"), ("merge_benchmark", "merge_and_evaluate"),
+             ("merge_benchmark", "train_mixture"), ("merge_benchmark", "evaluate_mixture")}
 
 _RENDER = """
 import json, sys

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -275,7 +276,39 @@ def test_compare_link_answers_and_shows_scores(compared, mlflow_sqlite, capsys):
         assert {"helpful_avg", "honest_avg", "harmless_avg", "avg", "mt_bench"} <= set(run.data.metrics)
     assert cli(["compare", "--project", project, "--tracking-uri", mlflow_sqlite.url]) == 0
     out = capsys.readouterr().out
-    assert "65.11" in out and "64.59" in out and "compare-model-versions" in out
+    assert "65.11" in out and "64.59" in out and "compare-model-versions" in out and "compare-runs" in out
+
+
+def test_compare_across_kinds_with_link_plot_and_run(compared, mlflow_sqlite, tiny_candidates, tmp_path, capsys):
+    import json as _json
+
+    reg, project, uris = compared
+    cand = reg.register_checkpoint(tiny_candidates[2], project=project, kind="candidate", dimension="honesty")
+    m = row("5", "Task Arithmetic")
+    s = aggregate(m)
+    reg.log_evaluation(cand.uri, m, s, s.suite_digest)
+    png = tmp_path / "tradeoff.png"
+    capsys.readouterr()  # what the registration printed is not the command's output
+    assert cli(["compare", "--project", project, "--tracking-uri", mlflow_sqlite.url, "--plot", str(png),
+                "--log", "--json"]) == 0
+    out = _json.loads(capsys.readouterr().out)
+    assert {r["uri"] for r in out["rows"]} == {*uris, cand.uri}
+    assert {r["kind"] for r in out["rows"]} == {"merged", "candidate"}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The link compares exactly these rows' evaluation runs, and the page answers.
+    runs = [r["eval_run_id"] for r in out["rows"]]
+    assert all(runs) and all(rid in urllib.parse.unquote(out["mlflow_compare_url"]) for rid in runs)
+    with urllib.request.urlopen(out["mlflow_compare_url"].split("#")[0], timeout=30) as r:
+        assert r.status == 200
+    logged = reg.client.list_artifacts(out["run_id"])
+    assert {a.path for a in logged} == {"comparison.json", "3h_tradeoff.png"}
+    # Only the candidates when asked: production (a merged version here) is still shown.
+    reg.client.set_registered_model_alias(f"{project}-merged", "production", reg.resolve(uris[0]).version)
+    capsys.readouterr()
+    assert cli(["compare", "--project", project, "--tracking-uri", mlflow_sqlite.url, "--kind", "candidate",
+                "--json"]) == 0
+    rows = _json.loads(capsys.readouterr().out)["rows"]
+    assert [r["uri"] for r in rows] == [cand.uri, uris[0]] and rows[1]["aliases"] == ["production"]
 
 
 def _page_text(chromium: str, url: str, profile: Path, budget_ms: int) -> str:

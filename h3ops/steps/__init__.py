@@ -31,4 +31,4 @@ def get_step(name: str) -> Callable[..., Any]:
 
 
 def _load_all() -> None:
-    from h3ops.steps import benchmark, evaluate, gate, ingest, merge, register, serve, train  # noqa: F401
+    from h3ops.steps import benchmark, evaluate, gate, ingest, merge, mixture, register, serve, train  # noqa: F401

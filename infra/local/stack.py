@@ -29,6 +29,7 @@ import urllib.request
 from pathlib import Path
 
 from h3ops import names
+from h3ops.cliparser import Parser, add_json
 from infra.local import procs
 from infra.local.airflow_api import AirflowAPI
 from infra.local.procs import StackError
@@ -335,19 +336,26 @@ def down(lay: Layout) -> int:
     return 0
 
 
-def status(lay: Layout) -> int:
+def status(lay: Layout, as_json: bool = False) -> int:
+    """Each service's state; exit 1 when any is stopped (a failed check), 0 when all run."""
     state = lay.read_state()
+    rows = []
     for name in SERVICES:
         rec = procs.read_record(lay.state, name)
         alive = bool(rec and rec.alive())
-        port = state.get("ports", {}).get(PORT_OF.get(name, ""), "-")
-        print(f"{LABELS[name]:<22} {'running' if alive else 'stopped':<8} port {port}"
-              f"{f'  pid {rec.pid}' if alive else ''}")
-    return 0
+        rows.append({"service": name, "label": LABELS[name], "running": alive,
+                     "port": state.get("ports", {}).get(PORT_OF.get(name, "")), "pid": rec.pid if alive else None})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            pid = f"  pid {r['pid']}" if r["running"] else ""
+            print(f"{r['label']:<22} {'running' if r['running'] else 'stopped':<8} port {r['port'] or '-'}{pid}")
+    return 0 if all(r["running"] for r in rows) else 1
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    p = Parser(prog=prog, description=__doc__.splitlines()[0], example="h3ops up --db postgres   # then: h3ops status, h3ops down")
     p.add_argument("command", choices=["up", "down", "status"])
     p.add_argument("--home", type=Path, default=Path(os.environ.get("H3OPS_HOME", ".h3ops")),
                    help="state, data and logs folder (default ./.h3ops)")
@@ -366,6 +374,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                         f"Variable {names.CONFIG_VARIABLE} (default ${names.CONFIG_ENV})")
     p.add_argument("--gpus", type=int, default=None, help="slots of the gpu pool (default: GPUs found, min 1)")
     p.add_argument("--timeout", type=float, default=420.0, help="seconds to wait for health checks")
+    add_json(p)
     return p
 
 
@@ -377,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "down":
             return down(lay)
         if args.command == "status":
-            return status(lay)
+            return status(lay, args.json)
         ports = {key: getattr(args, f"{key}_port") for key in names.DEFAULT_PORTS}
         return up(lay, ports, args.db, args.pg_url, args.gpus, args.timeout, args.pg_prefix, args.dags_folder,
                   args.config)
