@@ -168,30 +168,10 @@ def test_lm_eval_builtin_known_answers(offline_data, key):
 
 @pytest.fixture(scope="module")
 def safety_classifier(tmp_path_factory) -> Path:
-    """A tiny sequence classifier with a rule that can be computed by hand: no transformer layers, so
-    its verdict depends on the last token only — `unsafe` when that token's id is odd."""
-    import torch
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    """A tiny sequence classifier whose verdict can be computed by hand (h3ops.testing)."""
+    from h3ops.testing import make_tiny_safety_classifier
 
-    from h3ops.testing import make_tokenizer
-
-    tok = make_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=8, intermediate_size=16, num_hidden_layers=0,
-                      num_attention_heads=2, num_key_value_heads=2, num_labels=2, pad_token_id=tok.pad_token_id,
-                      id2label={0: "safe", 1: "unsafe"}, label2id={"safe": 0, "unsafe": 1})
-    model = LlamaForSequenceClassification(cfg)
-    with torch.no_grad():
-        emb = torch.zeros(len(tok), 8)
-        emb[torch.arange(len(tok)) % 2 == 1, 0] = 1.0  # odd ids → feature 0
-        emb[torch.arange(len(tok)) % 2 == 0, 1] = 1.0  # even ids → feature 1
-        model.model.embed_tokens.weight.copy_(emb)
-        model.score.weight.zero_()
-        model.score.weight[0, 1] = 1.0  # safe ← feature 1
-        model.score.weight[1, 0] = 1.0  # unsafe ← feature 0
-    path = tmp_path_factory.mktemp("judges") / "tiny-safety-classifier"
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return make_tiny_safety_classifier(tmp_path_factory.mktemp("judges") / "tiny-safety-classifier")
 
 
 def classifier_safe(path: Path, prompt: str, response: str) -> bool:
