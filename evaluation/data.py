@@ -47,7 +47,10 @@ class Source:
         return "sha256:" + h.hexdigest()
 
 
-def _jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSONL file (gzip when it ends .gz); DataError names file and line."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: file missing")
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
     with opener(path, "rt", encoding="utf-8") as f:
@@ -68,7 +71,7 @@ def _need(row: dict, keys: tuple[str, ...], where: str) -> None:
 
 def load_mmlu(path: Path) -> list[dict]:
     out = []
-    for row in _jsonl(path):
+    for row in read_jsonl(path):
         # The file opens with header rows whose answer is not a letter: skip them.
         if row.get("correct_answer") not in ("A", "B", "C", "D"):
             continue
@@ -89,7 +92,7 @@ def load_gsm8k(path: Path) -> list[dict]:
 
 def load_humaneval(path: Path) -> list[dict]:
     out = []
-    for r in _jsonl(path):
+    for r in read_jsonl(path):
         _need(r, ("task_id", "prompt", "test", "entry_point"), str(path))
         out.append({k: r[k] for k in ("task_id", "prompt", "test", "entry_point")})
     return out
@@ -97,7 +100,7 @@ def load_humaneval(path: Path) -> list[dict]:
 
 def load_halueval_qa(path: Path) -> list[dict]:
     out = []
-    for i, r in enumerate(_jsonl(path)):
+    for i, r in enumerate(read_jsonl(path)):
         _need(r, ("knowledge", "question", "right_answer", "hallucinated_answer"), str(path))
         # The right answer's position comes from the row index (not random), so it is the same on
         # every machine and not always first.
@@ -114,7 +117,7 @@ def load_lines(path: Path) -> list[dict]:
 def load_donotanswer(folder: Path) -> list[dict]:
     out = []
     for f in sorted(folder.glob("*.jsonl")):
-        for r in _jsonl(f):
+        for r in read_jsonl(f):
             _need(r, ("prompt",), str(f))
             out.append({"prompt": r["prompt"], "category": f.stem})
     return out

@@ -10,31 +10,18 @@
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from evaluation import hub_data
+from evaluation.data import DataError, read_jsonl
 from evaluation.judges import parse_rating
 
 NEED_REF_CATS = ("math", "reasoning", "coding", "arena-hard-200")  # FastChat common.NEED_REF_CATS
 
 
-class MTBenchError(ValueError):
+class MTBenchError(DataError):
     """Malformed MT-Bench data; names the file."""
-
-
-def _jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise MTBenchError(f"{path}: MT-Bench file missing")
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except ValueError as e:
-                raise MTBenchError(f"{path}:{n}: not JSON ({e})") from e
-    return out
 
 
 def judge_prompts() -> dict[str, dict]:
@@ -43,15 +30,15 @@ def judge_prompts() -> dict[str, dict]:
         from evaluation.judges import mt_bench_prompts
 
         return mt_bench_prompts()
-    return {r["name"]: r for r in _jsonl(path)}
+    return {r["name"]: r for r in read_jsonl(path)}
 
 
 def load_questions(folder: Path) -> list[dict]:
     """Questions with both turns; reference answers attached for the categories that need them."""
     qfile, rfile = folder / "question.jsonl", folder / "reference_answer" / "gpt-4.jsonl"
-    refs = {r["question_id"]: r["choices"][0]["turns"] for r in _jsonl(rfile)}
+    refs = {r["question_id"]: r["choices"][0]["turns"] for r in read_jsonl(rfile)}
     items = []
-    for q in _jsonl(qfile):
+    for q in read_jsonl(qfile):
         for f in ("question_id", "category", "turns"):
             if f not in q:
                 raise MTBenchError(f"{qfile}: question {q.get('question_id')!r} lacks field {f!r}")
