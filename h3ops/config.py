@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 from h3ops import safe_yaml
-from h3ops.names import ALL_DIMENSIONS
+from h3ops.names import ALL_DIMENSIONS, MODEL_SUFFIX
 from h3ops.safe_yaml import clip
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -134,7 +134,7 @@ class PipelineConfig(_Strict):
 
     # Registered model names per project (DESIGN: <name>-candidates, -continual, -merged).
     def model_name(self, kind: str) -> str:
-        return f"{self.project}-{ {'candidate': 'candidates'}.get(kind, kind)}"
+        return f"{self.project}-{MODEL_SUFFIX[kind]}"
 
     def dimension(self, name: str) -> Dimension:
         for d in self.dimensions:

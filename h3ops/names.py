@@ -12,6 +12,12 @@ DIMENSIONS = ("helpfulness", "honesty", "harmlessness")
 MIXES = ("helpfulness&honesty", "helpfulness&harmlessness")
 ALL_DIMENSIONS = DIMENSIONS + MIXES
 
+# What a registered model version is (tag h3ops.kind), and the registered model holding each kind:
+# <project>-<suffix> (DESIGN: <name>-candidates, -continual, -merged; mixture: a data-mixture baseline).
+MODEL_SUFFIX = {"candidate": "candidates", "continual": "continual", "merged": "merged", "base": "base",
+                "mixture": "mixture"}
+MODEL_KINDS = tuple(MODEL_SUFFIX)
+
 # Airflow objects the DAGs and plugins look up.
 MLFLOW_CONN_ID = "mlflow_default"   # conn_type http, host = tracking server URL
 S3_CONN_ID = "aws_default"          # conn_type aws, login/password = keys, extra.endpoint_url

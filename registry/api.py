@@ -20,10 +20,10 @@ from urllib.parse import quote
 
 from h3ops.checkpoint import CheckpointError, atomic_output_dir
 from h3ops.digest import checkpoint_files, digest_dir
+from h3ops.names import MODEL_SUFFIX
 from registry.checkpoints import KINDS, TAG, inspect_checkpoint
 
-SUFFIX = {"candidate": "candidates", "continual": "continual", "merged": "merged", "base": "base",
-          "mixture": "mixture"}
+SUFFIX = MODEL_SUFFIX  # the one vocabulary (h3ops/names.py)
 PRODUCTION, PREVIOUS = "production", "previous-production"
 _PROJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_-]+))$")

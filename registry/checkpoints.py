@@ -13,9 +13,10 @@ from typing import Any, Iterable, Mapping
 
 from h3ops.checkpoint import CheckpointError, Manifest
 from h3ops.digest import digest_dir, digest_json
+from h3ops.names import MODEL_KINDS
 from h3ops.safe_checkpoint import check_checkpoint_folder
 
-KINDS = ("candidate", "continual", "merged", "base", "mixture")  # mixture: a data-mixture baseline
+KINDS = MODEL_KINDS  # the one vocabulary (h3ops/names.py)
 TAG = "h3ops."  # prefix of every tag h3ops writes
 
 
