@@ -107,8 +107,8 @@ def test_cli_register_and_versions_table(mlflow_sqlite, tiny_candidates, capsys)
     assert out["uri"] == f"models:/{project}-candidates/{out['version']}" and out["idempotency_key"].startswith("sha256:")
     assert cli(["versions", *args, "--kind", "candidate"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:4] == ["version", "kind", "dimension", "method"]
-    assert table[1].split()[:4] == [out["version"], "candidate", "harmlessness", "dpo"]
+    assert table[0].split()[:4] == ["uri", "kind", "dimension", "method"]  # a URI names the version across kinds
+    assert table[1].split()[:4] == [out["uri"], "candidate", "harmlessness", "dpo"]
 
 
 def test_crash_between_upload_and_registration_leaves_nothing_visible(mlflow_sqlite, tiny_candidates):
