@@ -116,9 +116,7 @@ def main() -> None:
         v2 = reg.register_checkpoint(cand, project=project, kind="merged", method="linear")
 
         def promote(uri: str):
-            prod = reg.production(project)
-            reg.promote(project, uri, {"passed": True, "candidate": uri, "production": prod.uri if prod else None,
-                                       "rules": []})
+            reg.promote(project, uri, None, force=True, reason="serving bench: ops promotion", by="bench")
 
         promote(v1.uri)
         port = free_port()
