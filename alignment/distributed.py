@@ -124,6 +124,16 @@ def worker(spec_path: str) -> None:
         # Accelerate shards with FSDP only on accelerators; on CPUs (gloo) it falls back to DDP.
         result["distributed_type"] = str(trainer.accelerator.distributed_type.value)
         result["param_dtype"] = str(next(trainer.model.parameters()).dtype).removeprefix("torch.")
+        # Under FSDP mixed precision Accelerate keeps fp32 master shards (param_dtype) and all-gathers
+        # the weights in the policy's dtype for forward and backward: that is the compute dtype.
+        policy = getattr(getattr(trainer.accelerator.state, "fsdp_plugin", None), "mixed_precision_policy", None)
+        compute = getattr(policy, "param_dtype", None)
+        print(f"fsdp mixed precision policy: {policy!r}", flush=True)
+        result["compute_dtype"] = str(compute).removeprefix("torch.") if compute else result["param_dtype"]
+        import torch
+
+        if torch.cuda.is_available():
+            result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
         tmp = final / f".{RESULT}.tmp"
         tmp.write_text(json.dumps(result, indent=1) + "\n")
         tmp.replace(final / RESULT)  # written last: its presence means the folder is complete

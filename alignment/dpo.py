@@ -192,7 +192,7 @@ def train(base: str | Path, dataset: str | Path, out_dir: str | Path, *, setting
                  parameters={"run_key": key, "data_uri": data.path, "metrics": result["metrics"],
                              "resumed_from_step": result["resumed_from_step"], "devices": devices,
                              "distributed_type": result.get("distributed_type", "NO"),
-                             **{k: result[k] for k in ("world_size", "param_dtype") if k in result},
+                             **{k: result[k] for k in ("world_size", "param_dtype", "compute_dtype", "peak_gpu_mib") if k in result},
                              **(extra or {})}).write(tmp)
     shutil.rmtree(work, ignore_errors=True)
     _log_mlflow(tracking_uri, out_dir, dimension, settings, result, key)
