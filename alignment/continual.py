@@ -22,7 +22,7 @@ def stage_dir(out_root: Path, index: int, dimension: str) -> Path:
 
 def run_continual(base: str | Path, stages: list[tuple[str, str | Path]], out_root: str | Path, *,
                   settings: DPOSettings | None = None, overwrite: bool = False,
-                   tracking_uri: str | None = None, devices: int = 1) -> list[Path]:
+                   tracking_uri: str | None = None, devices: int = 1, jobs: Path | None = None) -> list[Path]:
     """Train the stages in order; returns one checkpoint folder per stage."""
     if not stages:
         raise ValueError("continual DPO needs at least one (dimension, dataset) stage")
@@ -35,7 +35,7 @@ def run_continual(base: str | Path, stages: list[tuple[str, str | Path]], out_ro
         parent = {"uri": str(current), "digest": digest_dir(current)}
         out = train(current, data, stage_dir(out_root, i, dim), settings=settings, dimension=dim,
                     overwrite=overwrite, kind="continual", parents=[parent], tracking_uri=tracking_uri,
-                    devices=devices,
+                    devices=devices, jobs=jobs,
                     extra={"stage": i, "stages": [d for d, _ in stages], "origin": str(base)})
         outputs.append(out)
         current = out

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from alignment import reuse
 from alignment.dataset import load_dataset
 from alignment.schema import check_dimension
 from h3ops.checkpoint import CheckpointError, Manifest, atomic_output_dir, read_manifest, weight_files
@@ -149,11 +150,13 @@ def train(base: str | Path, dataset: str | Path, out_dir: str | Path, *, setting
           dimension: str, overwrite: bool = False, kind: str = "candidate",
           parents: list[dict[str, str]] | None = None, callbacks: list | None = None,
           tracking_uri: str | None = None, extra: dict[str, Any] | None = None, devices: int = 1,
-          launch: bool | None = None) -> Path:
+          launch: bool | None = None, jobs: Path | None = None) -> Path:
     """DPO-train `base` on `dataset` for `dimension`; returns the checkpoint folder `out_dir`.
 
     With `devices` > 1 (or `launch=True`) the job runs as that many torchrun processes with FSDP
     (alignment.distributed); `callbacks` must then be 'module:Name' strings, built in every process.
+    `jobs`: this worker's job index (alignment.reuse): a job already trained for another request
+    (the continual baseline's first stage, say) is copied instead of trained again.
     """
     settings = settings or DPOSettings()
     check_dimension(dimension)
@@ -170,6 +173,21 @@ def train(base: str | Path, dataset: str | Path, out_dir: str | Path, *, setting
             return out_dir  # same inputs, already done
         raise FileExistsError(f"{out_dir}: output folder already holds a different checkpoint "
                               "(pass overwrite=True to replace it)")
+    job = reuse.job_key(base_digest, data.digest, dimension, settings.key_dict())
+
+    def manifest(params: dict[str, Any]) -> Manifest:
+        return Manifest(kind=kind, produced_by=PRODUCED_BY, method="dpo-lora" if settings.lora else "dpo",
+                        parents=parents or [{"uri": str(base), "digest": base_digest}],
+                        seed=settings.seed, dimension=dimension, data_digests={dimension: data.digest},
+                        settings=settings.to_dict(),
+                        parameters={"run_key": key, "job_key": job, "data_uri": data.path, **params, **(extra or {})})
+
+    done = reuse.find(jobs, job) if jobs else None
+    if done is not None:
+        with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+            trained = reuse.copy_checkpoint(done, tmp)
+            manifest({**trained, "reused_from": str(done)}).write(tmp)
+        return out_dir
     work = out_dir.parent / f".{out_dir.name}.work-{short(key, 16)}"
     _check_base(base)
     save_trl_dataset(data.train, work)
@@ -185,16 +203,12 @@ def train(base: str | Path, dataset: str | Path, out_dir: str | Path, *, setting
         raise
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         _save(result, base, tmp)
-        Manifest(kind=kind, produced_by=PRODUCED_BY, method="dpo-lora" if settings.lora else "dpo",
-                 parents=parents or [{"uri": str(base), "digest": base_digest}],
-                 seed=settings.seed, dimension=dimension,
-                 data_digests={dimension: data.digest}, settings=settings.to_dict(),
-                 parameters={"run_key": key, "data_uri": data.path, "metrics": result["metrics"],
-                             "resumed_from_step": result["resumed_from_step"], "devices": devices,
-                             "distributed_type": result.get("distributed_type", "NO"),
-                             **{k: result[k] for k in ("world_size", "param_dtype", "compute_dtype", "peak_gpu_mib") if k in result},
-                             **(extra or {})}).write(tmp)
+        manifest({"metrics": result["metrics"], "resumed_from_step": result["resumed_from_step"],
+                  "devices": devices, "distributed_type": result.get("distributed_type", "NO"),
+                  **{k: result[k] for k in reuse.TRAINING_FIELDS if k in result}}).write(tmp)
     shutil.rmtree(work, ignore_errors=True)
+    if jobs:
+        reuse.record(jobs, job, out_dir)
     _log_mlflow(tracking_uri, out_dir, dimension, settings, result, key)
     return out_dir
 

@@ -30,8 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=int, help="preference pairs per dimension (default 64, tiny 16)")
     p.add_argument("--steps", type=int, help="DPO steps per dimension (overrides the config)")
     p.add_argument("--limit", type=int, help="evaluation items per benchmark (overrides the config)")
-    p.add_argument("--no-candidate-eval", action="store_true",
-                   help="skip scoring the single-dimension candidates for the summary")
+    p.add_argument("--score-candidates", action="store_true",
+                   help="also score the single-dimension candidates for the table (about 1 min each on "
+                        "SmolLM2; the gate does not need them)")
     p.add_argument("--verbose", action="store_true",
                    help="show Airflow's and the libraries' logs here (default: only in HOME/demo.log)")
     return p
@@ -160,11 +161,15 @@ def summary(cfg, decision: dict | None, timings: list) -> str:
         rows.append(_row(reg, v, role))
     for kind in ("candidate", "continual"):
         rows += [_row(reg, v, kind) for v in reg.versions(cfg.project, kind)]
+    unscored = any(r[0] == "candidate" and r[-1].strip() == "-" for r in rows)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     out = [f"h3ops demo — project {cfg.project}, base {cfg.base_model}, merge {cfg.merge.method}, "
            f"suite {cfg.evaluation.suite} (limit {cfg.evaluation.limit})", "", *lines, ""]
+    if unscored:
+        out[-1:-1] = ["(- : a candidate the gate does not compare, not scored; `h3ops demo --score-candidates` "
+                      "or `h3ops eval <version>` scores it)"]
     if decision:
         out += [decision.get("summary", f"gate passed={decision.get('passed')}"), ""]
     out += [f"production: {prod.uri if prod else '(none)'}"
@@ -231,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         promoted = (_xcom(bag, "continual_alignment", "promote") or {}).get("promoted")
         if promoted:
             _run(bag, "promote_to_serving", conf, timings, story)
-        if not args.no_candidate_eval:  # for the table only: the gate does not need them
+        if args.score_candidates:  # for the table only: the gate does not need them
             from h3ops.steps.common import registry
             t = time.perf_counter()
             story.say("▸ scoring the single-dimension candidates for the table …")

@@ -225,3 +225,40 @@ def test_train_cli_reruns_to_the_same_output_and_reports_bad_input(full_run, tin
     assert (full_run / "model.safetensors").stat().st_mtime_ns == before
     assert main(argv[:-2] + ["--set", "betta=1"]) == 2
     assert "--set 'betta=1'" in capsys.readouterr().err
+
+
+def test_the_same_job_asked_twice_is_trained_once_and_each_copy_keeps_its_own_lineage(tiny_base, datasets, tmp_path):
+    """The continual baseline's first stage and the first dimension's candidate are one DPO job."""
+    from transformers import TrainerCallback
+
+    jobs = tmp_path / "jobs"
+    stage1 = train(tiny_base, datasets["honesty"], tmp_path / "cont" / "stage1-honesty", settings=settings(),
+                   dimension="honesty", kind="continual", jobs=jobs, extra={"stage": 1})
+
+    class NoTraining(TrainerCallback):
+        def on_train_begin(self, *a, **kw):
+            raise AssertionError("trained again")
+
+    cand = train(tiny_base, datasets["honesty"], tmp_path / "cand" / "honesty", settings=settings(),
+                 dimension="honesty", jobs=jobs, callbacks=[NoTraining()])
+    a, b = load_file(stage1 / "model.safetensors"), load_file(cand / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ms, mc = Manifest.read(stage1), Manifest.read(cand)
+    assert (ms.kind, mc.kind) == ("continual", "candidate")
+    assert mc.parameters["reused_from"] == str(stage1) and "stage" not in mc.parameters
+    assert mc.parameters["metrics"] == ms.parameters["metrics"]
+    assert mc.parameters["job_key"] == ms.parameters["job_key"] and mc.parameters["run_key"] != ms.parameters["run_key"]
+    assert mc.parents == [{"uri": str(tiny_base), "digest": digest_dir(tiny_base)}]
+    assert leftovers(cand.parent) == []
+
+    # Other settings are another job; a pointer whose checkpoint lost its job key is not trusted.
+    with pytest.raises(AssertionError, match="trained again"):
+        train(tiny_base, datasets["honesty"], tmp_path / "other", settings=settings(beta=0.2),
+              dimension="honesty", jobs=jobs, callbacks=[NoTraining()])
+    m = json.loads((stage1 / "h3ops.json").read_text())
+    m["parameters"]["job_key"] = "sha256:forged"
+    (stage1 / "h3ops.json").write_text(json.dumps(m))
+    with pytest.raises(AssertionError, match="trained again"):
+        train(tiny_base, datasets["honesty"], tmp_path / "third", settings=settings(), dimension="honesty",
+              jobs=jobs, callbacks=[NoTraining()])
+    assert not (tmp_path / "other").exists() and not (tmp_path / "third").exists()

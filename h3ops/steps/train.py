@@ -62,7 +62,7 @@ def train_candidate(cfg: PipelineConfig, base: str, dataset: dict, dimension: st
     key = short(digest_json([str(base_dir), dataset["digest"], _settings_key(cfg)]))
     out = workdir(cfg, "candidates") / f"{dimension}-{key}"
     path = train(base_dir, dataset["uri"], out, settings=dpo_settings(cfg), dimension=dimension,
-                 devices=cfg.dpo.devices)
+                 devices=cfg.dpo.devices, jobs=workdir(cfg, "dpo-jobs"))
     return {"path": str(path), "dimension": dimension, "data_digest": dataset["digest"]}
 
 
@@ -78,6 +78,6 @@ def train_continual(cfg: PipelineConfig, base: str, datasets: dict[str, dict]) -
     key = short(digest_json([str(base_dir)] + [[d, datasets[d]["digest"]] for d in order] + [_settings_key(cfg)]))
     stages = [(d, datasets[d]["uri"]) for d in order]
     paths = run_continual(base_dir, stages, workdir(cfg, "continual") / key,
-                          settings=dpo_settings(cfg), devices=cfg.dpo.devices)
+                          settings=dpo_settings(cfg), devices=cfg.dpo.devices, jobs=workdir(cfg, "dpo-jobs"))
     return [{"path": str(abspath(p)), "dimension": d, "data_digest": datasets[d]["digest"], "stage": i + 1}
             for i, (p, d) in enumerate(zip(paths, order))]
