@@ -47,22 +47,27 @@ def main() -> int:
             task.retries = 0
     timings: list = []
     t0 = time.perf_counter()
-    base = run_step("prepare_base", cfg)
-    run_step("bootstrap_production", cfg, {"base": base})
-    demo.land_preferences(cfg, args.pairs)
-    conf = {"config": str(cfg_path)}
-    demo._run(bag, "preference_ingest", conf, timings)
-    demo._run(bag, "continual_dpo_baseline", conf, timings)
-    for ds in run_step("datasets", cfg):
-        t = time.perf_counter()
-        trained = run_step("train", cfg, {"base": base, "dataset": ds, "dimension": ds["dimension"]})
-        run_step("register", cfg, {"path": trained["path"], "kind": "candidate", "dimension": ds["dimension"],
-                                   "data_digest": ds["digest"], "parents": [base], "base": base})
-        timings.append((f"train {ds['dimension']}", "success", time.perf_counter() - t))
-    demo._run(bag, "merge_benchmark", conf, timings)
+    # The demo's story: stage lines on the terminal, Airflow's and the libraries' logs in a file.
+    with demo.Story(home / "bench.log", verbose=False) as story:
+        base = run_step("prepare_base", cfg)
+        run_step("bootstrap_production", cfg, {"base": base})
+        demo.land_preferences(cfg, args.pairs)
+        conf = {"config": str(cfg_path)}
+        demo._run(bag, "preference_ingest", conf, timings, story)
+        demo._run(bag, "continual_dpo_baseline", conf, timings, story)
+        for ds in run_step("datasets", cfg):
+            t = time.perf_counter()
+            trained = run_step("train", cfg, {"base": base, "dataset": ds, "dimension": ds["dimension"]})
+            run_step("register", cfg, {"path": trained["path"], "kind": "candidate", "dimension": ds["dimension"],
+                                       "data_digest": ds["digest"], "parents": [base], "base": base})
+            timings.append((f"train {ds['dimension']}", "success", time.perf_counter() - t))
+            story.say(f"  candidate {ds['dimension']} in {time.perf_counter() - t:.0f} s")
+        demo._run(bag, "merge_benchmark", conf, timings, story)
     board = demo._xcom(bag, "merge_benchmark", "leaderboard")
-    print(json.dumps({"total_s": round(time.perf_counter() - t0), "timings": [[d, s, round(x)] for d, s, x in timings],
-                      "run_id": board["run_id"], "folder": board["folder"], "rows": board["rows"]}, indent=1))
+    result = {"total_s": round(time.perf_counter() - t0), "timings": [[d, s, round(x)] for d, s, x in timings],
+              "run_id": board["run_id"], "folder": board["folder"], "rows": board["rows"]}
+    (home / "leaderboard.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
     return 0
 
 
