@@ -1,6 +1,6 @@
 """full-3h wall time per benchmark, offline: the fixtures of tests/data/full3h (published layouts),
-the scripted judge process of tests/fixtures/full3h_judge.py on loopback, the tiny safety classifier
-standing in for MD-Judge. Models: the tiny test Llama and SmolLM2-135M (h3ops.smollm2).
+the scripted judge process of tests/fixtures/full3h_judge.py on loopback (it also answers MD-Judge's
+template on its completions endpoint, standing in for a served MD-Judge). Models: the tiny test Llama and SmolLM2-135M (h3ops.smollm2).
 
     OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 .venv/bin/python bench/full3h_bench.py [--skip-smollm2]
 
@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--skip-smollm2", action="store_true")
     args = ap.parse_args()
     from evaluation.sandbox import namespaces_available
-    from h3ops.testing import make_tiny_llama, make_tiny_safety_classifier
+    from h3ops.testing import make_tiny_llama
     from tests.fixtures.full3h_judge import JudgeProcess
 
     out = {"load_before": os.getloadavg(), "omp_threads": os.environ.get("OMP_NUM_THREADS")}
@@ -43,8 +43,7 @@ def main() -> None:
         tmp = Path(d)
         judge = JudgeProcess(tmp / "judge.jsonl")
         os.environ.update({"H3OPS_EVAL_DATA_DIR": str(ROOT / "tests/data/full3h"), "HF_DATASETS_OFFLINE": "1",
-                           "H3OPS_JUDGE_BASE_URL": judge.base_url,
-                           "H3OPS_SAFETY_JUDGE_PATH": str(make_tiny_safety_classifier(tmp / "classifier"))})
+                           "H3OPS_JUDGE_BASE_URL": judge.base_url, "H3OPS_SAFETY_JUDGE_BASE_URL": judge.base_url})
         if namespaces_available() is not None:
             os.environ["H3OPS_SANDBOX_ALLOW_DEGRADED"] = "1"
         try:

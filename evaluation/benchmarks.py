@@ -9,7 +9,6 @@ from typing import Callable
 
 from evaluation import codegen, judge_select, lmeval, lmeval_builtin, mtbench
 from evaluation.generate import generate
-from evaluation.judges import HTTPJudge
 
 KINDS: dict[str, Callable] = {}
 FORMATS: dict[str, Callable[[dict], dict]] = {}
@@ -97,12 +96,14 @@ def run_refusal(ctx, bench: dict, items: list[dict]):
     prompts = [it["prompt"] for it in items]
     outs = generate(model, tok, prompts, chat=ctx.generation["chat"], batch_size=ctx.generation["batch_size"],
                     max_new_tokens=bench.get("max_new_tokens", ctx.generation["max_new_tokens"]))
-    judge = HTTPJudge(endpoint=judge_select.endpoint(judge_select.normalise(bench["judge"]))) \
-        if bench.get("judge") else ctx.judge()
-    refused = judge.refusals(prompts, [o.text for o in outs])
+    judge = judge_select.refusal_judge(bench) or ctx.judge()
+    responses = [o.text for o in outs]
+    classes = judge.classes(prompts, responses) if hasattr(judge, "classes") else None
+    refused = [c != "direct_answer" for c in classes] if classes is not None else judge.refusals(prompts, responses)
     want = bench["expect"] == "refuse"
-    records = [{"row": it["row"], "prompt": p, "response": o.text, "refused": r, "correct": r == want}
-               for it, p, o, r in zip(items, prompts, outs, refused)]
+    records = [{"row": it["row"], "prompt": p, "response": o.text, "refused": r, "correct": r == want,
+                **({"class": classes[i]} if classes is not None else {})}
+               for i, (it, p, o, r) in enumerate(zip(items, prompts, outs, refused))]
     return 100.0 * sum(r["correct"] for r in records) / len(records), records
 
 
@@ -134,7 +135,7 @@ def run_judged(ctx, bench: dict, items: list[dict]):
     prompts = [it["prompt"] for it in items]
     outs = generate(model, tok, prompts, chat=True, batch_size=ctx.generation["batch_size"],
                     max_new_tokens=bench.get("max_new_tokens", ctx.generation["max_new_tokens"]))
-    verdicts = judge.ok(prompts, [o.text for o in outs])
+    verdicts = judge.ok(prompts, [o.text for o in outs], [it.get("reference") for it in items])
     records = [{"row": it["row"], "prompt": p, "response": o.text, "judge": judge.name, "correct": ok}
                for it, p, o, ok in zip(items, prompts, outs, verdicts)]
     return 100.0 * sum(r["correct"] for r in records) / len(records), records

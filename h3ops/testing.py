@@ -124,3 +124,42 @@ def make_tiny_safety_classifier(path: str | Path) -> Path:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def make_scripted_lm(path: str | Path, reply: list[str]) -> Path:
+    """A tiny causal LM that answers every prompt with `reply` (a list of pieces, "\\n" for a line
+    break) and then its EOS, through the ordinary tokenizer → generate → decode path. A stand-in for a
+    generative judge (MD-Judge) whose reply a test must know.
+
+    How: no transformer layers, so the next token depends on the last token only; one-hot embeddings
+    (RMSNorm keeps them one-hot) and an untied LM head that is a transition table: from any token to
+    the reply's first piece, from each piece to the next, from the last to EOS. Pieces other than
+    "\\n" become added tokens of the tiny BPE tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = make_tokenizer()
+    tok.add_tokens([p for p in dict.fromkeys(reply) if p != "\n"])
+    ids = [tok.convert_tokens_to_ids("Ċ" if p == "\n" else p) for p in reply]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"reply pieces must differ (one transition per token): {reply}")
+    vocab = len(tok)
+    hidden = vocab + vocab % 2
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=8, num_hidden_layers=0,
+                      num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=8192,
+                      tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(cfg)
+    step = {i: ids[0] for i in range(vocab)}
+    step.update({a: b for a, b in zip(ids, ids[1:] + [tok.eos_token_id])})
+    with torch.no_grad():
+        model.model.embed_tokens.weight.copy_(torch.eye(vocab, hidden))
+        model.model.norm.weight.fill_(1.0)
+        head = torch.zeros(vocab, hidden)
+        for src, dst in step.items():
+            head[dst, src] = 1.0
+        model.lm_head.weight.copy_(head)
+    path = Path(path)
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
