@@ -124,3 +124,61 @@ def make_tiny_safety_classifier(path: str | Path) -> Path:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def make_tiny_reward_model(path: str | Path, *, labels: tuple[str, ...] = ("reward",), layers: int = 1,
+                           hidden: int = 32, seed: int = 0) -> Path:
+    """A seeded, randomly initialised tiny Llama reward model (sequence classifier, one output per
+    label, e.g. the three dimensions) with the tiny tokenizer and its chat template. Its scores are
+    arbitrary but deterministic: tests compute them themselves and check what was selected."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tok = make_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                      num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={lab: i for i, lab in enumerate(labels)}, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification(cfg)
+    with torch.no_grad():  # HF's 0.02-std init gives scores ~1e-2 apart; spread them so ties are unlikely
+        model.score.weight.normal_(0.0, 1.0)
+    path = Path(path)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+HOLD_STEP = 2
+
+
+def __getattr__(name: str):
+    # HoldAtCheckpoint subclasses transformers' TrainerCallback: built on first use so that importing
+    # the builders above does not import transformers.
+    if name == "HoldAtCheckpoint":
+        global HoldAtCheckpoint
+        HoldAtCheckpoint = _hold_at_checkpoint()
+        return HoldAtCheckpoint
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _hold_at_checkpoint():
+    import os
+    import time
+
+    from transformers import TrainerCallback
+
+    class HoldAtCheckpoint(TrainerCallback):
+        """Kill-and-resume tests: once the step-2 checkpoint is saved, rank 0 writes its process
+        group id to the file $HOLD_MARKER and every rank stops still, so the test's kill of that
+        group lands mid-training with a checkpoint on disk. Name it to `train` as
+        'h3ops.testing:HoldAtCheckpoint' (built in every rank)."""
+
+        def on_save(self, args, state, control, **kw):
+            if state.global_step == HOLD_STEP:
+                if state.is_world_process_zero:
+                    Path(os.environ["HOLD_MARKER"]).write_text(str(os.getpgid(0)))
+                while True:
+                    time.sleep(1)
+
+    return HoldAtCheckpoint
