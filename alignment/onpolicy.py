@@ -32,8 +32,9 @@ def sample(policy: str | Path, prompts: Sequence, *, n: int = SAMPLES, seed: int
     if n < 2:
         raise ValueError(f"on-policy pairs need at least 2 samples per prompt, got {n}")
     tok = AutoTokenizer.from_pretrained(policy)
-    model = AutoModelForCausalLM.from_pretrained(policy, torch_dtype=torch.float32)
-    model.eval()
+    on_gpu = torch.cuda.is_available()  # the checkpoint's own dtype on a GPU; fp32 on CPUs
+    model = AutoModelForCausalLM.from_pretrained(policy, dtype="auto" if on_gpu else torch.float32)
+    model.to("cuda" if on_gpu else "cpu").eval()
     answers: list[list[str]] = [[] for _ in prompts]
     for k in range(n):
         torch.manual_seed(seed + k)

@@ -46,7 +46,7 @@ def generate(model, tok, prompts: "list[str] | list[list[dict]]", *, max_new_tok
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
-                      max_length=max_prompt_tokens, add_special_tokens=not chat)
+                      max_length=max_prompt_tokens, add_special_tokens=not chat).to(model.device)
             with torch.inference_mode():
                 seq = model.generate(**enc, max_new_tokens=max_new_tokens, **decoding,
                                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
