@@ -5,8 +5,8 @@
   h3ops data demo --out ROOT [--per-dimension N]
   h3ops train dpo --base PATH --data DATASET --dimension D --out DIR [--lora] [--preset P] [--set k=v]…
   h3ops train continual --base PATH --stage D=DATASET … --out ROOT [settings]   (or `h3ops continual …`)
-  h3ops mixture heuristic|reward|hummer --data D=DATASET … --out DIR [--ratio R] [--scorer PATH]
-        [--threshold T] [--train-base PATH --model-out DIR [settings]]
+  h3ops mixture heuristic|reward|hummer --data D=DATASET … --out DIR [--ratio R] [--scorer PATH|judge:MODEL]
+        [--rule on_policy --policy PATH --samples N] [--threshold T] [--train-base PATH --model-out DIR [settings]]
 Every command prints one JSON object; exit status 0 on success, 1 on bad input, 2 on bad usage.
 """
 from __future__ import annotations
