@@ -5,8 +5,8 @@
   h3ops data demo --out ROOT [--per-dimension N]
   h3ops train dpo --base PATH --data DATASET --dimension D --out DIR [--lora] [--preset P] [--set k=v]…
   h3ops train continual --base PATH --stage D=DATASET … --out ROOT [settings]   (or `h3ops continual …`)
-  h3ops mixture heuristic|reward|hummer --data D=DATASET … --out DIR [--ratio R] [--scorer PATH]
-        [--threshold T] [--train-base PATH --model-out DIR [settings]]
+  h3ops mixture heuristic|reward|hummer --data D=DATASET … --out DIR [--ratio R] [--scorer PATH|judge:MODEL]
+        [--rule on_policy --policy PATH --samples N] [--threshold T] [--train-base PATH --model-out DIR [settings]]
 Every command prints one JSON object; exit status 0 on success, 1 on bad input, 2 on bad usage.
 """
 from __future__ import annotations
@@ -148,9 +148,12 @@ def _mixture(argv: list[str]) -> int:
     p.add_argument("--data", action="append", required=True, metavar="DIMENSION=DATASET")
     p.add_argument("--out", required=True, help="the mixed dataset folder")
     p.add_argument("--ratio", type=float, default=0.1)
-    p.add_argument("--scorer", help="local sequence-classification reward model (labels = objectives)")
+    p.add_argument("--scorer", help="local sequence-classification reward model (labels = objectives), or "
+                                    "judge:<model> for the OpenAI-compatible judge at H3OPS_JUDGE_BASE_URL")
     p.add_argument("--trust-remote-code", action="store_true", help="for ArmoRM")
-    p.add_argument("--rule", default="top_fraction", choices=("top_fraction", "margin", "relabel"))
+    p.add_argument("--rule", default="top_fraction", choices=("on_policy", "top_fraction", "margin", "relabel"))
+    p.add_argument("--policy", help="on_policy: the model that samples the answers (usually --train-base)")
+    p.add_argument("--samples", type=int, help="on_policy: answers per prompt (default 5, as SimPO)")
     p.add_argument("--keep", type=float, default=0.5)
     p.add_argument("--min-margin", type=float, default=0.0)
     p.add_argument("--threshold", type=float, default=0.2)
@@ -159,12 +162,14 @@ def _mixture(argv: list[str]) -> int:
     p.add_argument("--model-out")
     _settings_args(p)
     ns = p.parse_args(argv)
-    from alignment.mixture import SequenceClassifierScorer, build_mixture
+    from alignment.mixture import build_mixture
+    from alignment.scorers import load_scorer
 
-    scorer = SequenceClassifierScorer(ns.scorer, trust_remote_code=ns.trust_remote_code) if ns.scorer else None
+    scorer = load_scorer(ns.scorer, trust_remote_code=ns.trust_remote_code) if ns.scorer else None
     ref = build_mixture(ns.method, dict(_pairs(ns.data, "--data")), ns.out, scorer=scorer, ratio=ns.ratio,
                         seed=ns.seed, rule=ns.rule, keep=ns.keep, min_margin=ns.min_margin,
-                        threshold=ns.threshold, overwrite=ns.overwrite)
+                        threshold=ns.threshold, policy=ns.policy or ns.train_base, samples=ns.samples,
+                        overwrite=ns.overwrite)
     result = {"dataset": ref.to_dict()}
     if ns.train_base:
         if not ns.model_out:

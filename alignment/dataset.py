@@ -76,7 +76,8 @@ def _quarantine(name: str, local: Path, report: ValidationReport, qdir: Path) ->
 def build_dataset(sources: list[str | Path], out_dir: str | Path, *, dimension: str,
                   quarantine_dir: str | Path | None = None, eval_holdout: float = 0.05,
                   policy: str = "quarantine", format: str | None = None, max_chars: int = MAX_CHARS,
-                  overwrite: bool = False, names: dict[str, str] | None = None) -> DatasetRef:
+                  overwrite: bool = False, names: dict[str, str] | None = None,
+                  provenance: dict | None = None) -> DatasetRef:
     """Validate `sources` (files, folders, s3:// URIs) and write one dataset of `dimension`.
 
     policy "quarantine": a file with any bad row is set aside whole with its report and none of
@@ -130,13 +131,18 @@ def build_dataset(sources: list[str | Path], out_dir: str | Path, *, dimension: 
     meta = {"dimension": dimension, "digest": digest, "rows": len(train), "eval_rows": len(evals),
             "rejected": rejected, "policy": policy, "eval_holdout": eval_holdout,
             "sources": [r.path for r in reports], "quarantined": quarantined, "refused": refused}
+    if provenance is not None:  # how the rows were made (a mixture's method, scorer, inputs)
+        meta["provenance"] = provenance
     ref = DatasetRef(uri=str(out_dir), digest=digest, dimension=dimension, rows=len(train),
                      eval_rows=len(evals), rejected=rejected, report=str(out_dir / "report.json"),
                      quarantined=quarantined, refused=refused, files=files)
     if (out_dir / "dataset.json").is_file() and not overwrite:
         existing = json.loads((out_dir / "dataset.json").read_text())
-        if existing.get("digest") == digest:
+        if existing.get("digest") == digest and existing.get("provenance") == meta.get("provenance"):
             return ref
+        if existing.get("digest") == digest:
+            raise FileExistsError(f"{out_dir}: holds the same rows made another way ({existing.get('provenance')}); "
+                                  "pass overwrite=True to replace it")
         raise FileExistsError(f"{out_dir}: holds a different dataset ({existing.get('digest')}); "
                               "pass overwrite=True to replace it")
     with atomic_output_dir(out_dir, overwrite=True) as tmp:
@@ -198,12 +204,7 @@ def write_rows(rows: list[dict], out_dir: str | Path, *, dimension: str, provena
     unique = list({r["id"]: r for r in rows}.values())  # the same pair from two inputs is one row
     staging.write_bytes(_jsonl(unique))
     try:
-        ref = build_dataset([staging], out_dir, dimension=dimension, eval_holdout=0.0, format="canonical",
-                            overwrite=overwrite)
+        return build_dataset([staging], out_dir, dimension=dimension, eval_holdout=0.0, format="canonical",
+                             overwrite=overwrite, provenance=provenance)
     finally:
         staging.unlink(missing_ok=True)
-    meta = json.loads((out_dir / "dataset.json").read_text())
-    if meta.get("provenance") != provenance:
-        meta["provenance"] = provenance
-        (out_dir / "dataset.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    return ref

@@ -31,21 +31,6 @@ sys.path.insert(0, str(ROOT))
 ATOL = 1e-4  # cuda kernels reduce in a different order across shard layouts; fp32 weights
 STEPS = 6
 
-HOLD = '''
-import os, time
-from pathlib import Path
-from transformers import TrainerCallback
-
-class Hold(TrainerCallback):
-    def on_save(self, args, state, control, **kw):
-        if state.global_step == 2:
-            if state.is_world_process_zero:
-                Path(os.environ["HOLD_MARKER"]).write_text(str(os.getpgid(0)))
-            while True:
-                time.sleep(1)
-'''
-
-
 def main() -> int:
     import torch
     from safetensors.torch import load_file
@@ -104,13 +89,12 @@ def main() -> int:
                       "first_loss": lb[0], "last_loss": lb[-1]}
 
     # kill the launcher's process group after the step-2 checkpoint, then resume
-    (root / "hold_cb.py").write_text(HOLD)
     marker, out = root / "held", root / "killed"
     job = root / "job.py"
     job.write_text(textwrap.dedent(f"""
         from alignment.dpo import DPOSettings, train
         train({str(base)!r}, {data!r}, {str(out)!r}, dimension="honesty", devices={n}, launch=True,
-              callbacks=["hold_cb:Hold"], settings=DPOSettings.preset("test", max_steps={STEPS},
+              callbacks=["h3ops.testing:HoldAtCheckpoint"], settings=DPOSettings.preset("test", max_steps={STEPS},
               batch_size={4 * n}, per_device_batch_size=2, learning_rate=1e-4))
     """))
     path = [str(ROOT), str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]

@@ -25,7 +25,8 @@ with DAG(
             "sweep": Param(False, type="boolean", description="also run every swept parameter value"),
             "mixtures": Param(True, type="boolean", description="train and rank the data-mixture baselines"),
             "scorer": Param(None, type=["null", "string"],
-                            description="reward model folder for the reward/hummer mixtures (none: heuristic only)")},
+                            description="scorer of the reward/hummer mixtures: a reward model folder, or judge:<model> "
+                                        "for the chat judge at H3OPS_JUDGE_BASE_URL (none: heuristic only)")},
     tags=["h3ops", "merge", "benchmark"],
     doc_md=__doc__,
 ) as dag:

@@ -28,11 +28,14 @@ def truncate(text: str, stops: list[str]) -> str:
 
 
 def generate(model, tok, prompts: "list[str] | list[list[dict]]", *, max_new_tokens: int = 128, batch_size: int = 8,
-             chat: bool = True, stops: list[str] | None = None, max_prompt_tokens: int = 1024) -> list[Generation]:
-    """Greedy continuations, batched; prompts are sorted by length so padding stays small."""
+             chat: bool = True, stops: list[str] | None = None, max_prompt_tokens: int = 1024,
+             sampling: dict | None = None) -> list[Generation]:
+    """Continuations, batched; prompts are sorted by length so padding stays small. Greedy unless
+    `sampling` ({"temperature", "top_p"}) is given; then the caller seeds torch for reproducibility."""
     import torch
 
     stops = stops or []
+    decoding = {"do_sample": True, **sampling} if sampling else {"do_sample": False}
     texts = [render(tok, p, chat) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out: list[Generation | None] = [None] * len(texts)
@@ -43,9 +46,9 @@ def generate(model, tok, prompts: "list[str] | list[list[dict]]", *, max_new_tok
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
-                      max_length=max_prompt_tokens, add_special_tokens=not chat)
+                      max_length=max_prompt_tokens, add_special_tokens=not chat).to(model.device)
             with torch.inference_mode():
-                seq = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                seq = model.generate(**enc, max_new_tokens=max_new_tokens, **decoding,
                                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                                      stop_strings=stops or None, tokenizer=tok if stops else None)
             new = seq[:, enc["input_ids"].shape[1]:]

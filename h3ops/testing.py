@@ -99,18 +99,32 @@ def read_config(path: str | Path) -> dict:
     return json.loads((Path(path) / "config.json").read_text())
 
 
+def _tiny_classifier(labels: tuple[str, ...], *, hidden: int, layers: int):
+    """A tiny Llama sequence classifier (one output per label) and the tiny tokenizer."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tok = make_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+                      num_attention_heads=2, num_key_value_heads=2, num_labels=len(labels),
+                      id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)},
+                      pad_token_id=tok.pad_token_id)
+    return LlamaForSequenceClassification(cfg), tok
+
+
+def _save(model, tok, path: str | Path) -> Path:
+    path = Path(path)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 def make_tiny_safety_classifier(path: str | Path) -> Path:
     """A tiny Llama sequence classifier (labels safe/unsafe) with a rule that can be computed by hand:
     no transformer layers, so its verdict depends on the last token only — `unsafe` when that token's
     id is odd. A stand-in for MD-Judge in tests and offline benchmarks."""
     import torch
-    from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    tok = make_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=8, intermediate_size=16, num_hidden_layers=0,
-                      num_attention_heads=2, num_key_value_heads=2, num_labels=2, pad_token_id=tok.pad_token_id,
-                      id2label={0: "safe", 1: "unsafe"}, label2id={"safe": 0, "unsafe": 1})
-    model = LlamaForSequenceClassification(cfg)
+    model, tok = _tiny_classifier(("safe", "unsafe"), hidden=8, layers=0)
     odd = torch.arange(len(tok)) % 2 == 1
     with torch.no_grad():
         emb = torch.zeros(len(tok), 8)
@@ -120,10 +134,7 @@ def make_tiny_safety_classifier(path: str | Path) -> Path:
         model.score.weight.zero_()
         model.score.weight[0, 1] = 1.0  # safe ← feature 1
         model.score.weight[1, 0] = 1.0  # unsafe ← feature 0
-    path = Path(path)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return _save(model, tok, path)
 
 
 def make_scripted_lm(path: str | Path, reply: list[str]) -> Path:
@@ -163,3 +174,52 @@ def make_scripted_lm(path: str | Path, reply: list[str]) -> Path:
     model.save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
     return path
+
+
+def make_tiny_reward_model(path: str | Path, *, labels: tuple[str, ...] = ("reward",), layers: int = 1,
+                           hidden: int = 32, seed: int = 0) -> Path:
+    """A seeded, randomly initialised tiny Llama reward model (sequence classifier, one output per
+    label, e.g. the three dimensions) with the tiny tokenizer and its chat template. Its scores are
+    arbitrary but deterministic: tests compute them themselves and check what was selected."""
+    import torch
+
+    torch.manual_seed(seed)
+    model, tok = _tiny_classifier(labels, hidden=hidden, layers=layers)
+    with torch.no_grad():  # HF's 0.02-std init gives scores ~1e-2 apart; spread them so ties are unlikely
+        model.score.weight.normal_(0.0, 1.0)
+    return _save(model, tok, path)
+
+
+HOLD_STEP = 2
+
+
+def __getattr__(name: str):
+    # HoldAtCheckpoint subclasses transformers' TrainerCallback: built on first use so that importing
+    # the builders above does not import transformers.
+    if name == "HoldAtCheckpoint":
+        global HoldAtCheckpoint
+        HoldAtCheckpoint = _hold_at_checkpoint()
+        return HoldAtCheckpoint
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _hold_at_checkpoint():
+    import os
+    import time
+
+    from transformers import TrainerCallback
+
+    class HoldAtCheckpoint(TrainerCallback):
+        """Kill-and-resume tests: once the step-2 checkpoint is saved, rank 0 writes its process
+        group id to the file $HOLD_MARKER and every rank stops still, so the test's kill of that
+        group lands mid-training with a checkpoint on disk. Name it to `train` as
+        'h3ops.testing:HoldAtCheckpoint' (built in every rank)."""
+
+        def on_save(self, args, state, control, **kw):
+            if state.global_step == HOLD_STEP:
+                if state.is_world_process_zero:
+                    Path(os.environ["HOLD_MARKER"]).write_text(str(os.getpgid(0)))
+                while True:
+                    time.sleep(1)
+
+    return HoldAtCheckpoint

@@ -79,35 +79,18 @@ def test_two_processes_match_one_process_with_the_same_global_batch(one_process,
     assert sorted(p.name for p in two_processes.parent.iterdir()) == ["out"]  # no work folder left
 
 
-HOLD = '''
-import os, time
-from pathlib import Path
-from transformers import TrainerCallback
-
-class HoldAfterFirstSave(TrainerCallback):
-    """Every rank stops still after the step-2 checkpoint, so the kill lands mid-training."""
-    def on_save(self, args, state, control, **kw):
-        if state.global_step == 2:
-            if state.is_world_process_zero:
-                Path(os.environ["HOLD_MARKER"]).write_text(str(os.getpgid(0)))
-            while True:
-                time.sleep(1)
-'''
-
-
 @pytest.mark.slow
 def test_killed_launcher_group_resumes_from_its_checkpoint(two_processes, tiny_base, data, tmp_path):
-    (tmp_path / "hold_cb.py").write_text(HOLD)
     out, marker = tmp_path / "runs" / "out", tmp_path / "held"
     job = tmp_path / "job.py"
     job.write_text(textwrap.dedent(f"""
         from alignment.dpo import DPOSettings, train
         train({str(tiny_base)!r}, {data!r}, {str(out)!r}, dimension="honesty", devices=2,
-              callbacks=["hold_cb:HoldAfterFirstSave"],
+              callbacks=["h3ops.testing:HoldAtCheckpoint"],
               settings=DPOSettings.preset("test", max_steps={STEPS}, batch_size=4, per_device_batch_size=2))
     """))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HOLD_MARKER": str(marker),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+           "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, str(job)], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "job.log", "wb"))
     from tests.fixtures.servers import wait_until

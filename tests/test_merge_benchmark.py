@@ -128,15 +128,11 @@ def test_best_heuristic_ratio_is_kept_and_other_rows_stay():
     assert [r["label"] for r in kept] == ["ties", "heuristic@ratio=0.1", "hummer"]
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("one_torch_thread")
-def test_heuristic_mixture_is_built_trained_and_registered(tmp_path, tiny_base):
+def _mixture_inputs(tmp_path: Path):
+    """A pipeline config and two ingested datasets (20 helpfulness, 10 honesty pairs)."""
     import json
 
     from alignment.dataset import build_dataset
-    from h3ops.checkpoint import Manifest
-    from h3ops.steps.mixture import mixture_runs, train_mixture
-    from h3ops.steps.register import register
 
     cfg = validate_config({
         "project": f"mix{tmp_path.name[-6:]}".replace("_", ""), "base_model": "tiny",
@@ -151,6 +147,19 @@ def test_heuristic_mixture_is_built_trained_and_registered(tmp_path, tiny_base):
                                for i in range(n)))
         ref = build_dataset([src], tmp_path / "ds" / dim, dimension=dim, eval_holdout=0)
         datasets.append({"dimension": dim, "uri": ref.uri, "digest": ref.digest})
+    return cfg, datasets
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_heuristic_mixture_is_built_trained_and_registered(tmp_path, tiny_base):
+    import json
+
+    from h3ops.checkpoint import Manifest
+    from h3ops.steps.mixture import mixture_runs, train_mixture
+    from h3ops.steps.register import register
+
+    cfg, datasets = _mixture_inputs(tmp_path)
     runs = mixture_runs(cfg)
     assert [r["label"] for r in runs] == ["heuristic@ratio=0.2", "heuristic@ratio=0.1", "heuristic@ratio=0.05"]
     assert len(mixture_runs(cfg, scorer="/some/reward-model")) == 5  # reward and hummer need a scorer
@@ -165,3 +174,28 @@ def test_heuristic_mixture_is_built_trained_and_registered(tmp_path, tiny_base):
     ref = register(cfg, out["path"], kind="mixture", dimension="mixture", data_digest=out["data_digest"],
                    parents=[str(tiny_base)], method="heuristic", base=str(tiny_base))
     assert ref["name"] == f"{cfg.project}-mixture"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_plans_reward_selection_samples_from_the_base_and_trains(tmp_path, tiny_base):
+    """The DAG's train_mixture with a scorer: the plan's on-policy run samples from the common base."""
+    import json
+
+    from h3ops.checkpoint import Manifest
+    from h3ops.digest import digest_dir
+    from h3ops.steps.mixture import mixture_runs, train_mixture
+    from h3ops.testing import make_tiny_reward_model
+
+    cfg, datasets = _mixture_inputs(tmp_path)
+    rm = make_tiny_reward_model(tmp_path / "rm", seed=4)
+    [run] = [r for r in mixture_runs(cfg, scorer=str(rm)) if r["method"] == "reward"]
+    assert run["parameters"] == {"rule": "on_policy", "samples": 5, "temperature": 0.8, "top_p": 0.95}
+    run = {**run, "parameters": {**run["parameters"], "samples": 2, "max_new_tokens": 8}}
+    out = train_mixture(cfg, str(tiny_base), datasets, run, scorer=str(rm))
+    prov = json.loads((Path(out["path"]).parent / "data" / "dataset.json").read_text())["provenance"]
+    assert prov["params"]["policy"]["digest"] == digest_dir(tiny_base)
+    assert prov["params"]["scorer"]["digest"] == digest_dir(rm) and prov["params"]["counts"]["pairs"] > 0
+    assert Manifest.read(out["path"]).kind == "mixture"
+    with pytest.raises(ValueError, match="no such model folder"):
+        train_mixture(cfg, str(tiny_base), datasets, run, scorer=str(tmp_path / "no-rm"))

@@ -38,7 +38,8 @@ class Mixture(_Strict):
 
     @model_validator(mode="after")
     def _known(self) -> "Mixture":
-        allowed = {"heuristic": {"ratio", "seed"}, "reward": {"rule", "keep", "min_margin", "seed"},
+        allowed = {"heuristic": {"ratio", "seed"}, "reward": {"rule", "keep", "min_margin", "seed", "samples", "temperature",
+                                                                "top_p", "max_new_tokens"},
                    "hummer": {"threshold", "seed"}}[self.method]
         unknown = sorted((set(self.parameters) | set(self.sweep)) - allowed)
         if unknown:

@@ -27,7 +27,8 @@ def train_mixture(cfg: PipelineConfig, base: str, datasets: list[dict], run: dic
                   scorer: str | None = None) -> dict:
     """→ {path, label, method, parameters, data_digest}: the mixture's DPO checkpoint."""
     from alignment.dpo import train
-    from alignment.mixture import SequenceClassifierScorer, build_mixture
+    from alignment.mixture import build_mixture
+    from alignment.scorers import identity, load_scorer
     from h3ops.steps.train import _settings_key, dpo_settings
 
     if not datasets:
@@ -36,13 +37,16 @@ def train_mixture(cfg: PipelineConfig, base: str, datasets: list[dict], run: dic
 
     by_dim = {d["dimension"]: str(dataset_local(cfg, d)) for d in datasets}  # s3:// with a store
     base_dir = local_model(cfg, base)
+    # reward and hummer only: the scorer's identity (model digest, or judge URL, model and prompt) keys the data
+    scoring = load_scorer(scorer) if scorer and run["method"] != "heuristic" else None
     key = short(digest_json([str(base_dir), sorted(d["digest"] for d in datasets), run["method"],
-                             run["parameters"], scorer, _settings_key(cfg)]))
+                             run["parameters"], identity(scoring) if scoring else None, _settings_key(cfg)]))
     root = workdir(cfg, "mixtures") / f"{run['label'].replace('@', '-').replace('=', '')}-{key}"
     data_dir = root / "data"
     if not (data_dir / "dataset.json").is_file():
-        build_mixture(run["method"], by_dim, data_dir, overwrite=data_dir.exists(),
-                      scorer=SequenceClassifierScorer(scorer) if scorer else None, **run["parameters"])
+        # on-policy reward selection samples from the base the mixture's DPO job starts from
+        build_mixture(run["method"], by_dim, data_dir, overwrite=data_dir.exists(), scorer=scoring,
+                      policy=base_dir, **run["parameters"])
     digest = json.loads((data_dir / "dataset.json").read_text())["digest"]
     path = train(base_dir, data_dir, root / "model", settings=dpo_settings(cfg), dimension="mixture",
                  kind="mixture", devices=cfg.dpo.devices,
