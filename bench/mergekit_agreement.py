@@ -96,7 +96,8 @@ CONFIGS = {
 VOCAB_CONFIGS = {
     "vocab_union_task_arithmetic": lambda v: {
         "merge_method": "task_arithmetic", "base_model": v["base"], "dtype": "float32", "tokenizer_source": "union",
-        "models": [{"model": v["wide"], "parameters": {"weight": 0.6}}, {"model": v["plus"], "parameters": {"weight": 0.4}}]},
+        "models": [{"model": v["wide"], "parameters": {"weight": 0.6}},
+                   {"model": v["plus"], "parameters": {"weight": 0.4}}]},
     "vocab_base_ties": lambda v: {
         "merge_method": "ties", "base_model": v["base"], "dtype": "float32", "tokenizer_source": "base",
         "parameters": {"normalize": True},
@@ -104,7 +105,8 @@ VOCAB_CONFIGS = {
                    {"model": v["plus"], "parameters": {"density": 0.5, "weight": 0.5}}]},
     "vocab_model_source_linear": lambda v: {
         "merge_method": "linear", "dtype": "float32", "tokenizer_source": v["wide"],
-        "models": [{"model": v["wide"], "parameters": {"weight": 0.5}}, {"model": v["plus"], "parameters": {"weight": 0.5}}]},
+        "models": [{"model": v["wide"], "parameters": {"weight": 0.5}},
+                   {"model": v["plus"], "parameters": {"weight": 0.5}}]},
     "vocab_section_slerp": lambda v: {
         "merge_method": "slerp", "base_model": v["base"], "dtype": "float32", "parameters": {"t": 0.4},
         "models": [{"model": v["base"]}, {"model": v["plus"]}],
@@ -115,12 +117,18 @@ VOCAB_CONFIGS = {
             "<|zero|>": {"source": {"kind": "zero"}}}}},
     "vocab_section_base_padded": lambda v: {
         "merge_method": "task_arithmetic", "base_model": v["base"], "dtype": "float32",
-        "models": [{"model": v["wide"], "parameters": {"weight": 0.5}}, {"model": v["plus"], "parameters": {"weight": 0.5}}],
+        "models": [{"model": v["wide"], "parameters": {"weight": 0.5}},
+                   {"model": v["plus"], "parameters": {"weight": 0.5}}],
         # (a token the base lacks is not listed: mergekit 0.1.5 adds it to the base's own tokenizer
         # object and then fails with a KeyError; tests/test_mergekit_compat.py checks ours by hand)
         "tokenizer": {"source": "base", "pad_to_multiple_of": 64, "tokens": {
-            "<|im_end|>": {"source": v["wide"], "force": True}, "<|im_start|>": {"source": {"kind": "zero"}, "force": True},
+            "<|im_end|>": {"source": v["wide"], "force": True},
+            "<|im_start|>": {"source": {"kind": "zero"}, "force": True},
             "Ġthe": {"source": {"kind": "model_token", "model": v["plus"], "token_id": 7}}}}},
+    "vocab_union_frankenmerge": lambda v: {
+        "merge_method": "passthrough", "base_model": v["base"], "dtype": "float32", "tokenizer_source": "union",
+        "slices": [{"sources": [{"model": v["wide"], "layer_range": [0, 2]}]},
+                   {"sources": [{"model": v["plus"], "layer_range": [1, 2]}]}]},
 }
 SAMPLE = "<|im_start|>user\nh3ops merge_me <|tool|> the quick brown fox<|sep|> Helpful answers<|im_end|>"
 EXTRA_TEXT = ("Merging models with different vocabularies needs a shared tokenizer.",

@@ -23,7 +23,10 @@ Where mergekit 0.1.5 is not deterministic or fails, h3ops picks the evident mean
 the union appends new tokens in model order (base first, then the config's order) and by id within
 a model (mergekit: hash order, varying from run to run); without base_model the first model is the
 base (mergekit: an arbitrary one); a token listed without a source that some model lacks gets the
-automatic default (mergekit 0.1.5 stops with NotImplementedError).
+automatic default (mergekit 0.1.5 stops with NotImplementedError); `source: base` with a listed
+token the base lacks gets it like any other (mergekit 0.1.5 adds it to the base's own tokenizer
+object, then fails with a KeyError). Checked against mergekit 0.1.5: bench/mergekit_agreement.py.
+Not yet: a tokenizer with ids beyond its model's vocab_size (mergekit strips them): refused by name.
 """
 from __future__ import annotations
 

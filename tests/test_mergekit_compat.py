@@ -292,9 +292,11 @@ def test_bad_vocabulary_settings_are_named_before_any_write(vocab_models, models
 
 
 def test_zero_and_unsourced_tokens(vocab_models, tmp_path):
-    """mergekit 0.1.5 stops on these (no reference): a zero row, and the automatic default."""
+    """mergekit 0.1.5 fails on this config (tokens the base lacks under `source: base`, a token without
+    a source that no model has), so there is no reference: zero rows, and the automatic default (zeros)."""
     v = vocab_models
-    cfg = {"merge_method": "linear", "dtype": "float32", "models": [{"model": v["base"], "parameters": {"weight": 1.0}}],
+    cfg = {"merge_method": "linear", "dtype": "float32",
+           "models": [{"model": v["base"], "parameters": {"weight": 1.0}}],
            "tokenizer": {"source": "base", "tokens": {"<|zero|>": {"source": {"kind": "zero"}}, "<|auto|>": {},
                                                       "<|im_end|>": {"source": {"kind": "zero"}, "force": True}}}}
     out = merge(cfg, tmp_path / "z", progress=False)
@@ -307,3 +309,15 @@ def test_zero_and_unsourced_tokens(vocab_models, tmp_path):
     assert not emb[vocab["<|zero|>"]].any() and not emb[vocab["<|auto|>"]].any() and not emb[vocab["<|im_end|>"]].any()
     assert torch.equal(emb[: src.shape[0]][torch.arange(src.shape[0]) != vocab["<|im_end|>"]],
                        src[torch.arange(src.shape[0]) != vocab["<|im_end|>"]])
+
+
+def test_tokens_beyond_the_models_vocab_size_are_refused_by_name(vocab_models, tmp_path):
+    import shutil
+
+    v = dict(vocab_models)
+    v["plus"] = str(shutil.copytree(v["plus"], tmp_path / "plus"))
+    conf = Path(v["plus"]) / "config.json"
+    conf.write_text(json.dumps({**json.loads(conf.read_text()), "vocab_size": 300}))
+    with pytest.raises(MergeConfigError, match="ids beyond the model's vocab_size 300.*h3ops does not yet"):
+        merge(agreement.VOCAB_CONFIGS["vocab_union_task_arithmetic"](v), tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists()
