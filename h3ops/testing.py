@@ -27,8 +27,12 @@ _CORPUS = [
 ]
 
 
-def make_tokenizer(vocab_size: int = 320):
-    """A byte-level BPE tokenizer with ChatML special tokens, trained on a fixed corpus."""
+def make_tokenizer(vocab_size: int = 320, *, extra_text: tuple[str, ...] = (), special: tuple[str, ...] = (),
+                   added: tuple[str, ...] = ()):
+    """A byte-level BPE tokenizer with ChatML special tokens, trained on a fixed corpus.
+
+    `extra_text` joins the corpus (a different vocabulary), `special` / `added` become added
+    special / plain tokens: tokenizers that overlap with the default one but differ from it."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -38,23 +42,28 @@ def make_tokenizer(vocab_size: int = 320):
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_CORPUS * 4, trainer)
+    tok.train_from_iterator((_CORPUS + list(extra_text)) * 4, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>", unk_token="<|endoftext|>")
     fast.chat_template = CHAT_TEMPLATE
+    if special:
+        fast.add_tokens(list(special), special_tokens=True)
+    if added:
+        fast.add_tokens(list(added))
     return fast
 
 
 def make_tiny_llama(path: str | Path, *, layers: int = 2, hidden: int = 64, heads: int = 4,
                     intermediate: int | None = None, vocab_size: int = 320, seed: int = 0,
                     dtype: str = "float32", tie_embeddings: bool = True,
-                    max_shard_size: str | None = None) -> Path:
-    """Build and save a randomly initialised tiny Llama (a real HF checkpoint with safetensors)."""
+                    max_shard_size: str | None = None, tokenizer=None) -> Path:
+    """Build and save a randomly initialised tiny Llama (a real HF checkpoint with safetensors);
+    its vocabulary is `tokenizer`'s when given (see make_tokenizer), else the default one's."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     path = Path(path)
-    tok = make_tokenizer(vocab_size)
+    tok = tokenizer if tokenizer is not None else make_tokenizer(vocab_size)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate or hidden * 2,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,

@@ -17,7 +17,7 @@ from merging.method import MergeConfigError
 NO_OP_FLAGS = {
     "--lazy-unpickle": "h3ops reads safetensors lazily always; pickle needs --allow-pickle",
     "--low-cpu-memory": "h3ops streams one tensor at a time always",
-    "--copy-tokenizer": "h3ops copies the tokenizer files always (tokenizer_source picks where from)",
+    "--copy-tokenizer": "h3ops writes the tokenizer always (tokenizer_source / tokenizer: pick or build it)",
     "--write-model-card": "h3ops writes README.md and mergekit_config.yml always",
 }
 # mergekit flags with an h3ops equivalent of another name, or none: refused with that said.

@@ -8,7 +8,7 @@
     parameters: {normalize: true}
     dtype: float32          # mergekit's compute dtype; h3ops always computes in float32
     out_dtype: bfloat16
-    tokenizer_source: base  # or a model path
+    tokenizer_source: base  # union, or a model path; or a `tokenizer:` section (merging/vocab.py)
 
 Unknown keys, methods and parameters raise MergeConfigError naming them.
 """
@@ -20,17 +20,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from h3ops.suggest import did_you_mean
-from merging import chat_templates, settings
+from merging import chat_templates, settings, vocab
 from merging.slices import Slice, Source
 from merging.slices import parse as parse_slices
 from merging.method import MergeConfigError, MergeMethod, get_method, unsupported
 
 TOP_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source",
-            "chat_template"}
+            "tokenizer", "chat_template"}
 MODEL_KEYS = {"model", "parameters"}
 # mergekit 0.1.5 config keys h3ops does not run yet: refused by name, never silently ignored.
 MERGEKIT_ONLY_KEYS = {
-    "tokenizer": "`tokenizer:` (vocabulary building)",
     "modules": "`modules`",
 }
 DTYPE_NAMES = {
@@ -60,13 +59,14 @@ class MergeConfig:
     params: dict[str, Any]  # resolved global parameters
     model_params: list[dict[str, Any]]  # resolved per candidate
     out_dtype: str | None
-    tokenizer_source: Path | None
+    tokenizer_source: Path | None  # a folder the tokenizer is read from that may not be an input
     raw: dict[str, Any]  # the config as given, recorded in h3ops.json
     # The parameter settings as written when any is a gradient or a filter list (else None):
     # `params_for` evaluates them per tensor (merging/settings.py).
     per_tensor: tuple[dict[str, Any], list[dict[str, Any]]] | None = None
     slices: list[Slice] | None = None  # mergekit's `slices:` (merging/slices.py); None for `models:`
     chat_template: str | None = None  # a name, "auto" or a Jinja template (merging/chat_templates.py)
+    vocab: vocab.VocabSpec | None = None  # tokenizer_source / tokenizer: (merging/vocab.py); None: copied as is
 
     def params_for(self, tensor: str, t: float, slice_index: int | None = None) -> tuple[dict, list[dict]]:
         """The resolved (global, per-model) parameters of one tensor at layer position t."""
@@ -189,14 +189,15 @@ def parse_config(config: dict | str | Path, resolve: Callable[[str], Path] | Non
     else:
         params, model_params, per_tensor = _resolve_slices(method, base, global_params, slices)
     out_dtype = _dtype(data.get("out_dtype"), "out_dtype") or _dtype(data.get("dtype"), "dtype")
-    tok = data.get("tokenizer_source")
-    tokenizer_source = None
-    if tok is not None and tok != "base":
-        if tok == "union":
-            raise MergeConfigError("tokenizer_source: 'union' (vocabulary merging) is not supported; use base or a model path")
-        tokenizer_source = resolve_model(tok, root, resolve)
+    spec = vocab.parse(data, lambda ref: resolve_model(ref, root, resolve))
+    tokenizer_source = spec.source if spec is not None and isinstance(spec.source, Path) else None
+    if spec is not None:
+        inputs = {m.path for m in ([base] if base else []) + models}
+        for tok, src in spec.tokens.items():
+            if src.model is not None and src.model not in inputs:
+                raise MergeConfigError(f"tokenizer.tokens[{tok!r}]: model {src.ref} is not one of the merge's inputs")
     return MergeConfig(method, base, models, params, model_params, out_dtype, tokenizer_source, data, per_tensor,
-                       slices, chat_templates.check(data.get("chat_template")))
+                       slices, chat_templates.check(data.get("chat_template")), spec)
 
 
 def _model_inputs(models_raw: Any, method: MergeMethod, base: ModelSpec | None, root: Path | None,

@@ -20,7 +20,7 @@ import torch
 from h3ops.checkpoint import MANIFEST, CheckpointError, Manifest, atomic_output_dir
 from h3ops.digest import digest_dir
 from h3ops.safe_checkpoint import check_checkpoint_folder
-from merging import chat_templates, settings, slices
+from merging import chat_templates, settings, slices, vocab
 from merging.card import write_card
 from merging.config import MergeConfig, parse_config
 from merging.io import CheckpointReader, ShardedWriter, parse_size
@@ -51,11 +51,12 @@ def _check_device(device: str) -> torch.device:
     return dev
 
 
-def _plan(cfg: MergeConfig, readers: list[CheckpointReader]):
+def _plan(cfg: MergeConfig, readers: list[CheckpointReader], voc: vocab.Vocab | None):
     """The output layout (sorted names, dtype, shape) and where each output tensor's inputs come from.
 
     `models:` configs: every input has the same tensor names and shapes. `slices:`: output layers
-    are drawn from the sources' layer ranges (merging/slices.py), each with its slice's inputs."""
+    are drawn from the sources' layer ranges (merging/slices.py), each with its slice's inputs.
+    Embeddings re-indexed to a merged vocabulary (`voc`) have its rows, whatever the inputs' rows."""
     specs = cfg.all_inputs
     if cfg.slices is None:
         ref = readers[0]
@@ -77,12 +78,16 @@ def _plan(cfg: MergeConfig, readers: list[CheckpointReader]):
     # Sorted names: the output layout does not depend on the inputs' tensor order or sharding.
     for n in sorted(sources):
         (i0, n0), *rest = sources[n].inputs
+        shape = readers[i0].shape(n0)
+        if voc is not None and not voc.identity and vocab.is_embedding(n, shape):
+            sources[n].reindex, shape = True, (voc.size, *shape[1:])
+        skip = 1 if sources[n].reindex else 0  # re-indexed rows: only the widths must agree
         for i, name in rest:
-            if readers[i].shape(name) != readers[i0].shape(n0):
+            if readers[i].shape(name)[skip:] != readers[i0].shape(n0)[skip:]:
                 raise MergeError(f"tensor {name!r}: shape {list(readers[i].shape(name))} in {specs[i].ref} but "
                                  f"{list(readers[i0].shape(n0))} in {specs[i0].ref}")
         dt = readers[i0].dtype(n0)
-        plan.append((n, out_dtype if (out_dtype is not None and dt.is_floating_point) else dt, readers[i0].shape(n0)))
+        plan.append((n, out_dtype if (out_dtype is not None and dt.is_floating_point) else dt, shape))
     return plan, sources, n_layers
 
 
@@ -125,8 +130,9 @@ class _Run:
     """One merge: the parsed config, the open readers and the per-tensor work."""
 
     def __init__(self, cfg: MergeConfig, readers: list[CheckpointReader], plan, sources, seed: int,
-                 device: torch.device):
+                 device: torch.device, voc: vocab.Vocab | None = None):
         self.cfg, self.readers, self.plan, self.seed, self.device = cfg, readers, plan, seed, device
+        self.vocab = voc
         self.sources: dict[str, slices.Planned] = sources
         self.state: dict[str, Any] = {}
         self.collector = None  # a diagnostics Collector when asked for; None costs nothing per tensor
@@ -148,15 +154,19 @@ class _Run:
         return [self.cfg.all_inputs[i] for i, _ in self.sources[name].inputs]
 
     def load(self, name: str) -> list[torch.Tensor]:
-        """Raw values of one tensor from every input (base first when there is one)."""
-        return [self.readers[i].get(n) for i, n in self.sources[name].inputs]
+        """Raw values of one tensor from every input (base first when there is one); embeddings
+        re-indexed to the merged vocabulary (float32) when there is one."""
+        raw = [self.readers[i].get(n) for i, n in self.sources[name].inputs]
+        if self.sources[name].reindex:
+            raw = self.vocab.reindex(name, [s.path for s in self.inputs(name)], [t.float() for t in raw])
+        return raw
 
     def blockwise(self, name: str) -> bool:
         """Stream this tensor through the method in blocks (elementwise methods, large float tensors)?"""
         i, n = self.sources[name].inputs[0]
         r = self.readers[i]
-        return (self.cfg.method.elementwise and self.collector is None and r.dtype(n).is_floating_point
-                and _numel(r.shape(n)) > BLOCK)
+        return (self.cfg.method.elementwise and not self.sources[name].reindex and self.collector is None
+                and r.dtype(n).is_floating_point and _numel(r.shape(n)) > BLOCK)
 
     def task(self, name: str, raw: list[torch.Tensor]) -> TensorTask:
         values = []
@@ -214,20 +224,26 @@ class _Run:
         return out
 
 
-def _copy_side_files(cfg: MergeConfig, ref: Path, dest: Path, allow_remote_code: bool, n_layers: int | None) -> None:
+def _copy_side_files(cfg: MergeConfig, ref: Path, dest: Path, allow_remote_code: bool, n_layers: int | None,
+                     voc: vocab.Vocab | None) -> None:
     # Inputs passed check_checkpoint_folder: no links to follow, and code only when allowed, in which
     # case the code config.json's auto_map names comes along.
     for fname in COPIED + (tuple(p.name for p in sorted(ref.glob("*.py"))) if allow_remote_code else ()):
         if (ref / fname).is_file():
             shutil.copy2(ref / fname, dest / fname)
-    tok_root = cfg.tokenizer_source or ref
-    for fname in TOKENIZER_FILES:
-        if (tok_root / fname).is_file():
-            shutil.copy2(tok_root / fname, dest / fname)
+    if voc is not None and voc.tokenizer is not None:
+        voc.tokenizer.save_pretrained(dest)  # a vocabulary built here, written as mergekit writes it
+    else:
+        tok_root = (voc.files_from if voc is not None else None) or ref
+        for fname in TOKENIZER_FILES:
+            if (tok_root / fname).is_file():
+                shutil.copy2(tok_root / fname, dest / fname)
     chat_templates.write(cfg.chat_template, [s.path for s in cfg.all_inputs], dest)
     conf = dest / "config.json"
-    if (cfg.out_dtype or n_layers is not None) and conf.is_file():
+    if (cfg.out_dtype or n_layers is not None or voc is not None) and conf.is_file():
         data = json.loads(conf.read_text())
+        if voc is not None:
+            data["vocab_size"] = voc.size
         if cfg.out_dtype:
             for k in [k for k in ("dtype", "torch_dtype") if k in data] or ["dtype"]:
                 data[k] = cfg.out_dtype
@@ -280,8 +296,9 @@ def merge(config: dict | str | Path, out_dir: str | Path, *, seed: int = 0, devi
     readers = [CheckpointReader(s.path, allow_pickle=allow_pickle) for s in specs]
     if diagnostics and cfg.slices is not None:
         raise MergeConfigError("--diagnostics compares whole models; it does not apply to a slices config")
-    plan, sources, n_layers = _plan(cfg, readers)
-    run = _Run(cfg, readers, plan, sources, seed, dev)
+    voc = vocab.build_for(cfg.vocab, specs, cfg.base, readers) if cfg.vocab is not None else None
+    plan, sources, n_layers = _plan(cfg, readers, voc)
+    run = _Run(cfg, readers, plan, sources, seed, dev, voc)
     # One thread reads ahead, one hashes the parents (whole folders) beside the merge, not before it.
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="h3ops-read")
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="h3ops-digest")
@@ -320,7 +337,7 @@ def merge(config: dict | str | Path, out_dir: str | Path, *, seed: int = 0, devi
                         writer.write(name, run.compute(name, dtype, raw))
                     del raw
                     bar.update(_numel(shape))
-            _copy_side_files(cfg, specs[0].path, tmp, allow_remote_code, n_layers)
+            _copy_side_files(cfg, specs[0].path, tmp, allow_remote_code, n_layers, voc)
             parents = [{"uri": s.ref, "digest": d.result(), "role": "base" if (cfg.base and s is cfg.base) else "candidate"}
                        for s, d in zip(specs, digests)]
             write_card(tmp, method=cfg.method.name, parents=parents, raw_config=cfg.raw, seed=seed)

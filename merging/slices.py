@@ -102,6 +102,7 @@ class Planned:
     inputs: list[tuple[int, str]]  # (index into all_inputs, tensor name in that input)
     slice: int
     t: float
+    reindex: bool = False  # an embedding re-indexed to a merged vocabulary (merging/vocab.py)
 
 
 def layout(slices: list[Slice], names_of: Callable[[int], list[str]], refs: list[str]) -> tuple[dict[str, Planned], int]:

@@ -87,8 +87,8 @@ def test_output_has_model_card_and_mergekit_config(tiny_base, tiny_candidates, t
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda c: {**c, "tokenizer": {"source": "union"}},
-     "`tokenizer:` (vocabulary building) is a mergekit feature h3ops does not support yet"),
+    (lambda c: {**c, "modules": {"decoder": {"models": c["models"]}}},
+     "`modules` is a mergekit feature h3ops does not support yet"),
     (lambda c: {**c, "merge_method": "ram"}, "merge_method 'ram' is a mergekit method h3ops does not support yet"),
     (lambda c: {**c, "merge_method": "tiez"}, "unknown merge_method 'tiez' (did you mean 'ties'?)"),
     (lambda c: {**c, "parameters": {"densty": 0.5}}, "unknown parameter(s) ['densty'] (did you mean 'density'?)"),

@@ -172,3 +172,152 @@ def test_unknown_chat_template_is_refused_before_any_write(models, tmp_path):
     with pytest.raises(MergeConfigError, match="chat_template 'chatmel': not a known name"):
         merge({**agreement.CONFIGS["karcher"](base, cands), "chat_template": "chatmel"}, tmp_path / "o", progress=False)
     assert not (tmp_path / "o").exists()
+
+
+# --- vocabulary building: tokenizer_source and the tokenizer: section ---------------------------------------
+
+@pytest.fixture(scope="module")
+def vocab_models(tmp_path_factory):
+    models = agreement.build_vocab_models(tmp_path_factory.mktemp("mkv"))
+    for folder in models.values():
+        got = {k: agreement.fingerprint(v) for k, v in agreement.load(Path(folder)).items()}
+        want = REFERENCE["inputs"][Path(folder).name]
+        for k in got:
+            assert got[k] == pytest.approx(want[k], rel=1e-6, abs=1e-9), f"input {folder}:{k} drifted; rerun --record"
+    return models
+
+
+@pytest.mark.parametrize("name", sorted(agreement.VOCAB_CONFIGS))
+def test_vocabulary_building_matches_mergekit(vocab_models, name, tmp_path):
+    from transformers import AutoTokenizer
+
+    cfg = agreement.VOCAB_CONFIGS[name](vocab_models)
+    out = merge(cfg, tmp_path / name, progress=False)
+    want = REFERENCE["vocabularies"][name]
+    tok = AutoTokenizer.from_pretrained(out)
+    vocab = tok.get_vocab()
+    if (cfg.get("tokenizer_source") or cfg["tokenizer"]["source"]) == "union":
+        # mergekit appends a union's new tokens in hash order (it varies from run to run): the same
+        # tokens, the base's at the base's ids, the new ones after them.
+        base = AutoTokenizer.from_pretrained(vocab_models["base"]).get_vocab()
+        assert vocab.keys() == want["vocab"].keys() and all(vocab[t] == want["vocab"][t] for t in base)
+    else:
+        assert vocab == want["vocab"]
+        assert tok(agreement.SAMPLE)["input_ids"] == want["ids"]
+    assert tok.tokenize(agreement.SAMPLE) == want["tokens"]
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == want["vocab_size"]
+    ours = agreement.load(out)
+    assert ours.keys() == REFERENCE["outputs"][name].keys()
+    for k, v in ours.items():
+        got = agreement.fingerprint(agreement.by_token(k, v, vocab))
+        assert got == pytest.approx(REFERENCE["outputs"][name][k], rel=1e-5, abs=1e-6), k
+
+
+def test_union_keeps_the_base_ids_and_appends_in_model_order(vocab_models, tmp_path):
+    from transformers import AutoTokenizer
+
+    v = vocab_models
+    out = merge(agreement.VOCAB_CONFIGS["vocab_union_task_arithmetic"](v), tmp_path / "u", progress=False)
+    merged = AutoTokenizer.from_pretrained(out).get_vocab()
+    base, wide, plus = (AutoTokenizer.from_pretrained(v[k]).get_vocab() for k in ("base", "wide", "plus"))
+    assert all(merged[t] == i for t, i in base.items())
+    new = sorted((i, t) for t, i in merged.items() if t not in base)
+    wide_new = sorted((i, t) for t, i in wide.items() if t not in base and t != "<|tool|>")
+    # wide's vocabulary tokens by id, then the models' added tokens (special or not), by model and id.
+    assert [t for _, t in new] == [t for _, t in wide_new] + ["<|tool|>", "<|sep|>", "h3ops", "merge_me"]
+    assert len(merged) == len(set(base) | set(wide) | set(plus))
+    # The merged model loads and runs on text that uses every model's tokens.
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    ids = AutoTokenizer.from_pretrained(out)(agreement.SAMPLE, return_tensors="pt")["input_ids"]
+    assert model(ids).logits.shape[-1] == len(merged)
+
+
+def _vocab(perm: dict, base=None, overrides=None, rows=None, size=None):
+    from merging.vocab import Vocab
+
+    n = len(next(iter(perm.values())))
+    perm = {k: torch.tensor(v) for k, v in perm.items()}
+    return Vocab(None, None, n, size or n, perm, base, overrides or {}, rows or {}, False)
+
+
+def test_default_rows_follow_mergekits_rules():
+    """Base b, models x and y; tokens: 0 everyone, 1 only x, 2 x and y (not b), 3 nobody."""
+    b, x, y = Path("b"), Path("x"), Path("y")
+    voc = _vocab({b: [0, -1, -1, -1], x: [1, 0, 2, -1], y: [0, -1, 1, -1]}, base=b)
+    tb, tx, ty = torch.tensor([[1.0, 1]]), torch.tensor([[10.0, 0], [20, 0], [30, 0]]), torch.tensor([[5.0, 5], [7, 7]])
+    rb, rx, ry = voc.reindex("model.embed_tokens.weight", [b, x, y], [tb, tx, ty])
+    assert rb.tolist() == [[1, 1], [10, 0], [18.5, 3.5], [0, 0]]  # own; the only donor; the mean; zeros
+    assert rx.tolist() == [[20, 0], [10, 0], [30, 0], [0, 0]]  # a model keeps every row it has
+    assert ry.tolist() == [[5, 5], [10, 0], [7, 7], [0, 0]]
+
+
+def test_configured_tokens_force_and_padding():
+    from merging.vocab import TokenSource
+
+    b, x = Path("b"), Path("x")
+    overrides = {0: TokenSource("model", x, "x", force=True), 1: TokenSource("zero"),
+                 2: TokenSource("model_token", b, "b", token_id=0)}
+    voc = _vocab({b: [0, 1, -1], x: [1, 0, -1]}, base=b, overrides=overrides, rows={0: (x, 1), 2: (b, 0)}, size=4)
+    rb, rx = voc.reindex("lm_head.weight", [b, x], [torch.tensor([[1.0], [2]]), torch.tensor([[3.0], [4]])])
+    assert rb[:3].tolist() == [[4], [2], [1]]  # forced; kept (zero is only a default); model_token
+    assert rx[:3].tolist() == [[4], [3], [1]]
+    assert rb[3].item() == pytest.approx(7 / 3) and rx[3].item() == pytest.approx(8 / 3)  # padding: the mean row
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c, v: {**c, "tokenizer": {"source": "union"}}, "give either tokenizer_source or a tokenizer: section"),
+    (lambda c, v: {**{k: c[k] for k in c if k != "tokenizer_source"}, "tokenizer": {"sorce": "union"}},
+     r"tokenizer: unknown key\(s\) \['sorce'\]"),
+    (lambda c, v: {**c, "tokenizer_source": "unoin"}, "tokenizer_source: base, union or a model; model 'unoin'"),
+    (lambda c, v: {**{k: c[k] for k in c if k != "tokenizer_source"},
+                   "tokenizer": {"pad_to_multiple_of": 0}}, "pad_to_multiple_of must be a positive integer"),
+    (lambda c, v: {**{k: c[k] for k in c if k != "tokenizer_source"},
+                   "tokenizer": {"tokens": {"<x>": {"source": {"kind": "model_token", "model": v["wide"]}}}}},
+     "exactly one of token or token_id"),
+    (lambda c, v: {**{k: c[k] for k in c if k != "tokenizer_source"},
+                   "tokenizer": {"tokens": {"<x>": {"source": v["other"]}}}}, "is not one of the merge's inputs"),
+    (lambda c, v: {**{k: c[k] for k in c if k != "tokenizer_source"},
+                   "tokenizer": {"tokens": {"<x>": {"source": v["wide"]}}}}, "has no token '<x>'"),
+    (lambda c, v: {**{k: c[k] for k in c if k != "tokenizer_source"}, "tokenizer": {"tokens": {
+        "<x>": {"source": {"kind": "model_token", "model": v["wide"], "token_id": 10 ** 6}}}}}, "out of range"),
+])
+def test_bad_vocabulary_settings_are_named_before_any_write(vocab_models, models, tmp_path, edit, message):
+    v = {**vocab_models, "other": models[0]}
+    cfg = edit(agreement.VOCAB_CONFIGS["vocab_union_task_arithmetic"](vocab_models), v)
+    with pytest.raises(MergeConfigError, match=message):
+        merge(cfg, tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_zero_and_unsourced_tokens(vocab_models, tmp_path):
+    """mergekit 0.1.5 fails on this config (tokens the base lacks under `source: base`, a token without
+    a source that no model has), so there is no reference: zero rows, and the automatic default (zeros)."""
+    v = vocab_models
+    cfg = {"merge_method": "linear", "dtype": "float32",
+           "models": [{"model": v["base"], "parameters": {"weight": 1.0}}],
+           "tokenizer": {"source": "base", "tokens": {"<|zero|>": {"source": {"kind": "zero"}}, "<|auto|>": {},
+                                                      "<|im_end|>": {"source": {"kind": "zero"}, "force": True}}}}
+    out = merge(cfg, tmp_path / "z", progress=False)
+    from transformers import AutoTokenizer
+
+    vocab = AutoTokenizer.from_pretrained(out).get_vocab()
+    emb = agreement.load(out)["model.embed_tokens.weight"]
+    src = agreement.load(Path(v["base"]))["model.embed_tokens.weight"]
+    assert emb.shape[0] == len(vocab) == src.shape[0] + 2
+    assert not emb[vocab["<|zero|>"]].any() and not emb[vocab["<|auto|>"]].any() and not emb[vocab["<|im_end|>"]].any()
+    assert torch.equal(emb[: src.shape[0]][torch.arange(src.shape[0]) != vocab["<|im_end|>"]],
+                       src[torch.arange(src.shape[0]) != vocab["<|im_end|>"]])
+
+
+def test_tokens_beyond_the_models_vocab_size_are_refused_by_name(vocab_models, tmp_path):
+    import shutil
+
+    v = dict(vocab_models)
+    v["plus"] = str(shutil.copytree(v["plus"], tmp_path / "plus"))
+    conf = Path(v["plus"]) / "config.json"
+    conf.write_text(json.dumps({**json.loads(conf.read_text()), "vocab_size": 300}))
+    with pytest.raises(MergeConfigError, match="ids beyond the model's vocab_size 300.*h3ops does not yet"):
+        merge(agreement.VOCAB_CONFIGS["vocab_union_task_arithmetic"](v), tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists()
