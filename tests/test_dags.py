@@ -139,48 +139,79 @@ def _scheduler_creates_runs() -> set[str]:
     return {d for d, r, t in created if r not in before and str(getattr(t, "value", t)) == "asset_triggered"}
 
 
-def test_scheduler_runs_the_baseline_before_the_alignment(h3ops_airflow_db):
-    """Asset events through the real scheduler's semantics: new preference data queues the
-    continual baseline, never the alignment DAG; only the baseline's published asset does."""
-    from airflow.assets.manager import AssetManager
+def _sync_dags_and_unpause(watched):
+    """The project's DAGs serialized into the metadata DB as the dag-processor would, `watched`
+    unpaused with no asset-triggered run or queued event left from an earlier test."""
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
-    from airflow.models.asset import AssetDagRunQueue, AssetModel
+    from airflow.models.asset import AssetDagRunQueue
     from airflow.models.dag import DagModel
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
-    from sqlalchemy import delete, select, update
+    from sqlalchemy import delete, update
 
-    from plugins.assets import CONTINUAL_BASELINE, PREFERENCE_ASSETS
-
-    watched = ("continual_alignment", "continual_dpo_baseline")
     manager = DagBundlesManager()
     manager.sync_bundles_to_db()
     bundle = manager.get_bundle("dags-folder")
     sync_bag_to_db(BundleDagBag(dag_folder=str(DAGS), bundle_path=bundle.path, bundle_name=bundle.name),
                    bundle.name, None)
 
-    def emit(asset):
-        with create_session() as s:
-            model = s.scalar(select(AssetModel).where(AssetModel.name == asset.name))
-            assert model is not None, asset.name
-            AssetManager.register_asset_change(asset=model, extra={"test": True}, session=s)
-
-    def cleanup():
+    def reset(paused: bool):
         with create_session() as s:
             s.execute(delete(DagRun).where(DagRun.dag_id.in_(watched), DagRun.run_type == "asset_triggered"))
             s.execute(delete(AssetDagRunQueue).where(AssetDagRunQueue.target_dag_id.in_(watched)))
-            s.execute(update(DagModel).where(DagModel.dag_id.in_(watched)).values(is_paused=True))
+            s.execute(update(DagModel).where(DagModel.dag_id.in_(watched)).values(is_paused=paused))
 
-    cleanup()
+    reset(paused=True)
     with create_session() as s:
         s.execute(update(DagModel).where(DagModel.dag_id.in_(watched)).values(is_paused=False))
+    return lambda: reset(paused=True)
+
+
+def _emit(asset_name: str) -> None:
+    """An asset event registered by Airflow's own AssetManager, as a succeeding task's outlet is."""
+    from airflow.assets.manager import AssetManager
+    from airflow.models.asset import AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as s:
+        model = s.scalar(select(AssetModel).where(AssetModel.name == asset_name))
+        assert model is not None, f"asset {asset_name} is not known to Airflow"
+        AssetManager.register_asset_change(asset=model, extra={"test": True}, session=s)
+
+
+def test_one_ingest_run_starts_the_baseline_once_whatever_the_scheduler_loops(h3ops_airflow_db):
+    """The race seen on the two-worker stack, made deterministic: one ingest run's events reach
+    the scheduler in separate loops (mapped `validate` instances finish on different workers at
+    different times), here one scheduler pass after each event. The baseline must run once per
+    ingest run, on all of its data: per-dimension events start nothing, the run's single
+    `h3ops.preferences` event (after every validation) starts the baseline."""
+    watched = ("continual_alignment", "continual_dpo_baseline")
+    cleanup = _sync_dags_and_unpause(watched)
     try:
-        for d in ("helpfulness", "honesty", "harmlessness"):
-            emit(PREFERENCE_ASSETS[d])
+        created = []
+        for d in ("helpfulness", "honesty", "harmlessness"):  # one mapped validate each
+            _emit(f"h3ops.preferences.{d}")
+            created += sorted(_scheduler_creates_runs() & set(watched))
+        assert created == [], f"per-dimension events, one scheduler loop each, created runs: {created}"
+        _emit("h3ops.preferences")  # the ingest run's last task, once everything has landed
+        assert _scheduler_creates_runs() & set(watched) == {"continual_dpo_baseline"}
+        assert _scheduler_creates_runs() & set(watched) == set()
+    finally:
+        cleanup()
+
+
+def test_scheduler_runs_the_baseline_before_the_alignment(h3ops_airflow_db):
+    """Asset events through the real scheduler's semantics: new preference data queues the
+    continual baseline, never the alignment DAG; only the baseline's published asset does."""
+    watched = ("continual_alignment", "continual_dpo_baseline")
+    cleanup = _sync_dags_and_unpause(watched)
+    try:
+        _emit("h3ops.preferences")  # what preference_ingest's `announce` emits when data landed
         assert _scheduler_creates_runs() & set(watched) == {"continual_dpo_baseline"}
         assert _scheduler_creates_runs() & set(watched) == set()  # nothing else is waiting
-        emit(CONTINUAL_BASELINE)  # what the baseline's `publish` task emits when it succeeds
+        _emit("h3ops.continual_baseline")  # what the baseline's `publish` task emits when it succeeds
         assert _scheduler_creates_runs() & set(watched) == {"continual_alignment"}
     finally:
         cleanup()
