@@ -84,7 +84,12 @@ def test_preference_ingest_shape(dagbag):
     assert dag.get_task("wait_for_files").__class__.__name__ == "LandingSensor"
     assert "wait_for_files" in _upstream(dag, "dimensions_with_files")
     assert "dimensions_with_files" in _upstream(dag, "validate")
-    assert [o.name for o in dag.get_task("validate").outlets] == ["h3ops-preferences"]
+    assert [o.name for o in dag.get_task("validate").outlets] == ["h3ops-preferences"]  # lineage
+    # The run's one scheduling event: after every validation, even when one of them failed.
+    announce = dag.get_task("announce")
+    assert [o.name for o in announce.outlets] == ["h3ops.preferences"]
+    assert "validate" in _upstream(dag, "announce") and not announce.downstream_task_ids
+    assert announce.trigger_rule == "all_done_min_one_success"
 
 
 def test_baseline_and_serving_shape(dagbag):
@@ -112,8 +117,9 @@ def test_alignment_waits_for_the_continual_baseline_asset(dagbag):
     """The wiring as parsed: preference data → baseline; the baseline's published asset → alignment."""
     align, base = dagbag.dags["continual_alignment"], dagbag.dags["continual_dpo_baseline"]
     assert {a.name for a in align.timetable.asset_condition.objects} == {"h3ops.continual_baseline"}
-    assert {a.name for a in base.timetable.asset_condition.objects} >= {
-        "h3ops.preferences.helpfulness", "h3ops.preferences.honesty", "h3ops.preferences.harmlessness"}
+    # One asset, one event per ingest run: never the per-dimension ones (their events can reach
+    # the scheduler in separate loops, test_one_ingest_run_starts_the_baseline_once…).
+    assert {a.name for a in base.timetable.asset_condition.objects} == {"h3ops.preferences"}
     # Published only after every stage is registered and evaluated.
     assert [o.name for o in base.get_task("publish").outlets] == ["h3ops.continual_baseline"]
     assert {"evaluate", "continual"} <= _upstream(base, "publish")
@@ -168,36 +174,63 @@ def _sync_dags_and_unpause(watched):
     return lambda: reset(paused=True)
 
 
-def _emit(asset_name: str) -> None:
-    """An asset event registered by Airflow's own AssetManager, as a succeeding task's outlet is."""
+def _emit(asset_name: str, alias: str | None = None) -> None:
+    """An asset event registered by Airflow's own AssetManager, as a succeeding task's outlet is;
+    through `alias` as a task emitting on an alias does (the asset is created on its first event,
+    as Airflow does when no DAG names it)."""
     from airflow.assets.manager import AssetManager
     from airflow.models.asset import AssetModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
+    from plugins.assets import PREFERENCE_ASSETS
+
     with create_session() as s:
         model = s.scalar(select(AssetModel).where(AssetModel.name == asset_name))
+        if model is None and alias:
+            known = {a.name: a for a in PREFERENCE_ASSETS.values()}[asset_name]
+            model = AssetModel(name=known.name, uri=known.uri, group=known.group)
+            s.add(model)
+            s.flush()
         assert model is not None, f"asset {asset_name} is not known to Airflow"
-        AssetManager.register_asset_change(asset=model, extra={"test": True}, session=s)
+        AssetManager.register_asset_change(asset=model, extra={"test": True}, session=s,
+                                           source_alias_names=[alias] if alias else ())
+
+
+def _finish_runs(dag_ids) -> None:
+    """Every queued or running run of `dag_ids` ends (its tasks are not what is under test)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    with create_session() as s:
+        s.execute(update(DagRun).where(DagRun.dag_id.in_(dag_ids), DagRun.state.in_(("queued", "running")))
+                  .values(state="success"))
 
 
 def test_one_ingest_run_starts_the_baseline_once_whatever_the_scheduler_loops(h3ops_airflow_db):
-    """The race seen on the two-worker stack, made deterministic: one ingest run's events reach
-    the scheduler in separate loops (mapped `validate` instances finish on different workers at
-    different times), here one scheduler pass after each event. The baseline must run once per
-    ingest run, on all of its data: per-dimension events start nothing, the run's single
-    `h3ops.preferences` event (after every validation) starts the baseline."""
+    """The race seen on the two-worker stack, made deterministic: one ingest run's mapped
+    `validate` instances finish on different workers at different times, so their events reach the
+    scheduler in separate loops (here: one scheduler pass after each). Events queued while the
+    baseline's first run is active wait (max_active_runs=1) and start a second run when it ends:
+    twice the work, the first run on part of the data, two continual sequences. The baseline must
+    run once per ingest run: per-dimension events start nothing; the run's single
+    `h3ops.preferences` event (its last task, after every validation) starts the baseline once."""
     watched = ("continual_alignment", "continual_dpo_baseline")
     cleanup = _sync_dags_and_unpause(watched)
     try:
         created = []
         for d in ("helpfulness", "honesty", "harmlessness"):  # one mapped validate each
-            _emit(f"h3ops.preferences.{d}")
+            _emit(f"h3ops.preferences.{d}", alias="h3ops-preferences")
             created += sorted(_scheduler_creates_runs() & set(watched))
-        assert created == [], f"per-dimension events, one scheduler loop each, created runs: {created}"
+        _finish_runs(watched)  # what was started ends; anything still queued starts now
+        created += sorted(_scheduler_creates_runs() & set(watched))
+        assert created == [], f"per-dimension events, one scheduler loop each, started runs: {created}"
+
         _emit("h3ops.preferences")  # the ingest run's last task, once everything has landed
         assert _scheduler_creates_runs() & set(watched) == {"continual_dpo_baseline"}
-        assert _scheduler_creates_runs() & set(watched) == set()
+        _finish_runs(watched)
+        assert _scheduler_creates_runs() & set(watched) == set()  # nothing else was waiting
     finally:
         cleanup()
 
