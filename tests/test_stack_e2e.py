@@ -33,6 +33,7 @@ import pytest
 from h3ops import names
 from infra.local import procs
 from infra.local.airflow_api import AirflowAPI
+from plugins.assets import PREFERENCES
 from tests.fixtures.celery_stack import project_stack
 from tests.pipeline_helpers import DIMS, tiny_config, write_pairs
 
@@ -135,7 +136,7 @@ def test_project_dags_on_celery_postgres_mlflow_s3(tmp_path, mlflow_server):
         events = _get(api, f"/api/v2/assets/events?source_dag_id={INGEST}&limit=50")["asset_events"]
         events = [e for e in events if e.get("source_run_id") == ingest_run]
         # One lineage event per dimension and the run's one scheduling event listing them all.
-        (combined,) = [e for e in events if e["uri"] == "h3ops://preferences"]
+        (combined,) = [e for e in events if e["uri"] == PREFERENCES.uri]
         events = [e for e in events if e is not combined]
         assert sorted(e["uri"] for e in events) == sorted(f"h3ops://preferences/{d}" for d in DIMS), events
         digests = {e["extra"]["dimension"]: e["extra"]["digest"] for e in events}
