@@ -14,12 +14,13 @@ handled on its own, so a poison file never fails the task; the step's ledger kee
 outcome by content digest, so a quarantined file is not retried until it changes. A dimension
 whose validation fails (after its retry) does not hold back the others: `announce` runs once every
 validation is done and at least one succeeded; the failed dimension's files stay new for the next
-run.
+run, and the leaf `all_validated` (upstream failed) marks the run failed, so the failure shows.
 """
 from __future__ import annotations
 
 from datetime import timedelta
 
+from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, task
 from airflow.sdk.exceptions import AirflowSkipException
 from airflow.task.trigger_rule import TriggerRule
@@ -67,4 +68,8 @@ with DAG(
         outlet_events[PREFERENCES].extra = {"dimensions": landed}
         return landed
 
-    announce(validate.expand(dimension=dimensions_with_files(wait.output)))
+    validated = validate.expand(dimension=dimensions_with_files(wait.output))
+    announce(validated)
+    # A run's state follows its leaves: without this one, a failed validation behind a successful
+    # `announce` would leave the run green. Empty: the scheduler marks it done, no worker slot.
+    validated >> EmptyOperator(task_id="all_validated")

@@ -90,6 +90,10 @@ def test_preference_ingest_shape(dagbag):
     assert [o.name for o in announce.outlets] == ["h3ops.preferences"]
     assert "validate" in _upstream(dag, "announce") and not announce.downstream_task_ids
     assert announce.trigger_rule == "all_done_min_one_success"
+    # …while a failed validation still fails the run: a leaf that needs every validation.
+    leaf = dag.get_task("all_validated")
+    assert _upstream(dag, "all_validated") == {"validate"} and leaf.trigger_rule == "all_success"
+    assert {t.task_id for t in dag.tasks if not t.downstream_task_ids} == {"announce", "all_validated"}
 
 
 def test_baseline_and_serving_shape(dagbag):
