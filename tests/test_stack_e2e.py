@@ -32,9 +32,8 @@ import pytest
 
 from h3ops import names
 from infra.local import procs
-from infra.local.airflow_api import AirflowAPI
 from plugins.assets import PREFERENCES
-from tests.fixtures.celery_stack import project_stack
+from tests.fixtures.celery_stack import ProjectStack, project_stack
 from tests.pipeline_helpers import DIMS, tiny_config, write_pairs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -44,27 +43,21 @@ TERMINAL = {"success", "failed"}
 LANDED_FILES = 20
 
 
-def _get(api: AirflowAPI, path: str) -> dict:
-    status, body = api.request("GET", path)
-    assert status == 200, (path, status, body)
-    return body
-
-
-def _task_states(api: AirflowAPI, dag_id: str, run_id: str) -> dict[str, str]:
-    tis = _get(api, f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
+def _task_states(st: ProjectStack, dag_id: str, run_id: str) -> dict[str, str]:
+    tis = st.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
     return {(t["task_id"] if t["map_index"] < 0 else f"{t['task_id']}[{t['map_index']}]"): t["state"]
             for t in tis}
 
 
-def _xcom(api: AirflowAPI, dag_id: str, run_id: str, task_id: str):
-    body = _get(api, f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
+def _xcom(st: ProjectStack, dag_id: str, run_id: str, task_id: str):
+    body = st.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
                      "/xcomEntries/return_value?deserialize=true")
     value = body["value"]
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _finished(api: AirflowAPI, dag_id: str, run_id: str) -> dict | None:
-    run = _get(api, f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+def _finished(st: ProjectStack, dag_id: str, run_id: str) -> dict | None:
+    run = st.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
     return run if run["state"] in TERMINAL else None
 
 
@@ -126,14 +119,14 @@ def test_project_dags_on_celery_postgres_mlflow_s3(tmp_path, mlflow_server):
         # 1. Unpausing preference_ingest starts its scheduled run (catchup off: one run, now).
         st.set_paused(INGEST, False)
         ingest_run = st.wait_for(lambda: st.runs(INGEST), "preference_ingest run created", 120)[0]["dag_run_id"]
-        run = st.wait_for(lambda: _finished(api, INGEST, ingest_run), "preference_ingest finished", 300,
+        run = st.wait_for(lambda: _finished(st, INGEST, ingest_run), "preference_ingest finished", 300,
                           every_s=2)
-        states = _task_states(api, INGEST, ingest_run)
+        states = _task_states(st, INGEST, ingest_run)
         assert run["state"] == "success", (states, _log_tails(logs))
         assert {f"validate[{i}]" for i in range(3)} <= set(states), states
         # Pause it again: a second scheduled run would only sit in a worker slot waiting for files.
         st.set_paused(INGEST, True)
-        events = _get(api, f"/api/v2/assets/events?source_dag_id={INGEST}&limit=50")["asset_events"]
+        events = st.get(f"/api/v2/assets/events?source_dag_id={INGEST}&limit=50")["asset_events"]
         events = [e for e in events if e.get("source_run_id") == ingest_run]
         # One lineage event per dimension and the run's one scheduling event listing them all.
         (combined,) = [e for e in events if e["uri"] == PREFERENCES.uri]
@@ -172,9 +165,9 @@ def test_project_dags_on_celery_postgres_mlflow_s3(tmp_path, mlflow_server):
         assert not [b for b in busy if (tmp_path / "work" / "candidates" / b).exists()], busy
         st.watched.remove(first_worker)
         st.worker("worker-2")
-        run = st.wait_for(lambda: _finished(api, LOOP, loop_run), "continual_alignment finished", 420,
+        run = st.wait_for(lambda: _finished(st, LOOP, loop_run), "continual_alignment finished", 420,
                           every_s=2)
-        states = _task_states(api, LOOP, loop_run)
+        states = _task_states(st, LOOP, loop_run)
         assert run["state"] == "success", (states, _log_tails(logs))
         assert set(states.values()) == {"success"}, states
         assert {f"train[{i}]" for i in range(3)} <= set(states)
@@ -204,9 +197,9 @@ def test_project_dags_on_celery_postgres_mlflow_s3(tmp_path, mlflow_server):
         assert merged.tags["h3ops.base_digest"] == cands[0].tags["h3ops.base_digest"]
 
         merged_uri = f"models:/{merged_name}/{merged.version}"
-        decision = _xcom(api, LOOP, loop_run, "gate")
+        decision = _xcom(st, LOOP, loop_run, "gate")
         assert decision["candidate"] == merged_uri and isinstance(decision["passed"], bool), decision
-        promoted = _xcom(api, LOOP, loop_run, "promote")
+        promoted = _xcom(st, LOOP, loop_run, "promote")
         assert promoted["promoted"] is decision["passed"], (decision, promoted)
         aliases = client.get_registered_model(merged_name).aliases
         if decision["passed"]:
