@@ -7,22 +7,27 @@ continual_alignment is scheduled on that asset, so its gate runs only once the c
 references for the current data exist (and the gate itself only accepts a sequence trained on the
 candidate's data: registry/references.py).
 
-Scheduled on any dimension's new data: the sequence depends on every stage's data, so it is
-retrained (stages whose inputs did not change find their outputs and registered versions again).
+Scheduled on `h3ops.preferences`, which preference_ingest emits once per run in which new data
+landed, after every dimension's validation: one ingest run, one baseline run, on all of its data.
+Not on the per-dimension assets: a run's mapped validations finish at different times, and events
+reaching the scheduler in separate loops would start one baseline run each (the first on part of
+the data, each registering its own continual sequence). The sequence depends on every stage's
+data, so it is retrained on any dimension's new data (stages whose inputs did not change find
+their outputs and registered versions again).
 """
 from __future__ import annotations
 
 from airflow.sdk.exceptions import AirflowSkipException
-from airflow.sdk import DAG, AssetAny, task
+from airflow.sdk import DAG, task
 
-from plugins.assets import CONTINUAL_BASELINE, PREFERENCE_ASSETS
+from plugins.assets import CONTINUAL_BASELINE, PREFERENCES
 from plugins.defaults import DEFAULT_ARGS, START, config_param
 from plugins.operators import run_in_task
 from plugins.placement import gpu_task_args
 
 with DAG(
     dag_id="continual_dpo_baseline",
-    schedule=AssetAny(*PREFERENCE_ASSETS.values()),
+    schedule=[PREFERENCES],
     start_date=START,
     catchup=False,
     max_active_runs=1,

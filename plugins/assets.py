@@ -1,7 +1,12 @@
 """Asset definitions and placement names shared by the DAGs.
 
-One asset per preference dimension: the ingest DAG emits an event on it (through the alias, with
-the dataset's URI and digest as extra) and the continual-DPO baseline DAG is scheduled on them.
+`preferences` gets ONE event per preference_ingest run in which new data landed (its last task,
+after every dimension's validation; extra: each landed dimension's dataset URI, digest and rows):
+the continual-DPO baseline DAG is scheduled on it alone, so one ingest run starts one baseline run
+on all of its data. The per-dimension assets (events through the alias, from each mapped
+`validate`) are lineage for the UI only: nothing is scheduled on them, because a run's mapped
+validations finish at different times and their events can reach the scheduler in separate loops
+(one run per loop: a baseline on part of the data, then a second continual sequence).
 `continual_baseline` gets an event when the continual-DPO baseline DAG has registered and evaluated
 every stage for the current data; the continual-alignment DAG is scheduled on it, so its gate never
 runs before the continual references for the same data exist. `production_model` gets an event
@@ -23,5 +28,6 @@ def preference_asset(dimension: str) -> Asset:
 
 
 PREFERENCE_ASSETS = {d: preference_asset(d) for d in ALL_DIMENSIONS}
+PREFERENCES = Asset(name="h3ops.preferences", uri="h3ops://preferences", group="preferences")
 CONTINUAL_BASELINE = Asset(name="h3ops.continual_baseline", uri="h3ops://models/continual-baseline", group="model")
 PRODUCTION_MODEL = Asset(name="h3ops.production", uri="h3ops://models/production", group="model")

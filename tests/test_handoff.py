@@ -62,3 +62,48 @@ def test_a_dataset_whose_content_is_not_the_handed_digest_is_refused(two_workers
         dataset_local(b, ingested)
     cache = b.work / "cache" / "datasets"
     assert not cache.exists() or list(cache.iterdir()) == []  # nothing half-fetched left behind
+
+
+def test_models_by_s3_or_runs_uri_are_cached_by_content_digest(tmp_path, s3_server, tiny_base, monkeypatch):
+    """A model handed as an s3:// or runs:/ URI is fetched once per content, not once per URI:
+    cached under its digest when one is known (the caller's, or a registered checkpoint's run tag),
+    verified before use; content that is not the handed digest is refused and nothing is kept."""
+    from h3ops.checkpoint import CheckpointError
+    from h3ops.digest import digest_dir
+    from h3ops.steps.common import local_model
+    from h3ops.steps.register import register
+
+    for var, value in s3_server.env().items():
+        monkeypatch.setenv(var, value)
+    cfg = load_config(tiny_config(tmp_path, project="modelcache"))
+    client, prefix = s3_server.client(), f"models-{tmp_path.name}"
+    for copy in ("a", "b"):  # the same checkpoint under two URIs
+        for f in tiny_base.rglob("*"):
+            if f.is_file():
+                client.upload_file(str(f), s3_server.bucket, f"{prefix}/{copy}/{f.relative_to(tiny_base).as_posix()}")
+    uri = {c: f"s3://{s3_server.bucket}/{prefix}/{c}" for c in ("a", "b")}
+    digest = digest_dir(tiny_base)
+    downloads = cfg.work / "downloads"
+
+    got = local_model(cfg, uri["a"], digest=digest)
+    assert got == downloads / digest.split(":")[1] and digest_dir(got) == digest
+    # Another URI, same content: nothing is read from S3 (its objects are gone).
+    for key in s3_server.keys(f"{prefix}/b/"):
+        client.delete_object(Bucket=s3_server.bucket, Key=key)
+    assert local_model(cfg, uri["b"], digest=digest) == got
+    # Content that is not the handed digest: refused, nothing left in the cache.
+    before = sorted(p.name for p in downloads.iterdir())
+    with pytest.raises(CheckpointError, match="not the sha256:0+ this task was handed"):
+        local_model(cfg, uri["a"], digest="sha256:" + "0" * 64)
+    assert sorted(p.name for p in downloads.iterdir()) == before
+
+    # A registered checkpoint's run: its content digest tag keys the copy, so runs:/ and models:/
+    # URIs of the same content share one folder (the one above: same weights).
+    ref = register(cfg, str(tiny_base), "base")
+    run_uri = f"runs:/{ref['run_id']}/checkpoint"
+    assert local_model(cfg, run_uri) == local_model(cfg, ref["uri"]) == got
+    fresh = cfg.with_overrides({"workdir": str(tmp_path / "other-worker")})  # downloads it from the run
+    fetched = local_model(fresh, run_uri)
+    assert fetched.name == digest.split(":")[1] and digest_dir(fetched) == digest
+    with pytest.raises(CheckpointError, match="this task was handed"):
+        local_model(cfg, run_uri, digest="sha256:" + "1" * 64)

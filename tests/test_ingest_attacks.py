@@ -299,9 +299,10 @@ def test_preference_ingest_dag_survives_a_poison_burst(tmp_path, h3ops_dagbag):
     dag = h3ops_dagbag.dags["preference_ingest"]
     dr = dag.test(run_conf={"config": str(cfg_path)})
     assert str(dr.state) in ("success", "DagRunState.SUCCESS"), _states(dr)
-    events = _asset_events(dr.run_id)
-    assert [e["asset"] for e in events] == [f"h3ops.preferences.{DIM}"]
-    ds = Path(events[0]["uri"])
+    events = {e["asset"]: e for e in _asset_events(dr.run_id)}
+    assert sorted(events) == ["h3ops.preferences", f"h3ops.preferences.{DIM}"]
+    assert list(events["h3ops.preferences"]["dimensions"]) == [DIM]
+    ds = Path(events[f"h3ops.preferences.{DIM}"]["uri"])
     ids = [json.loads(x)["id"] for f in ("train.jsonl", "eval.jsonl") for x in (ds / f).read_text().splitlines()]
     assert len(ids) == len(set(ids)) == 9
     outcomes = sorted(v["outcome"] for v in _ledger(load_config(cfg_path)).values())

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +22,7 @@ from h3ops import names
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
+IMAGE_ROOT = Path("/opt/h3ops")  # where the images hold this repository (infra/docker/*.Dockerfile)
 # The tasks that need a GPU (training, merging, evaluating a model); each must be placed as one.
 GPU_TASKS = {("continual_alignment", "train"), ("continual_alignment", "merge"),
              ("continual_alignment", "evaluate"), ("continual_dpo_baseline", "continual"),
@@ -37,9 +40,14 @@ print("@@" + json.dumps({"errors": {k: str(v)[-800:] for k, v in bag.import_erro
 """
 
 
-def render(executor: str, default_queue: str = "default") -> list[dict]:
+def render(executor: str, default_queue: str = "default", config: str | None = None) -> list[dict]:
+    """The DAGs' tasks as a dag-processor with these settings renders them; `config` is the
+    deployment's H3OPS_CONFIG (a path in the images: read from this checkout)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "AIRFLOW__CORE__EXECUTOR": executor,
            "AIRFLOW__OPERATORS__DEFAULT_QUEUE": default_queue}
+    env.pop("H3OPS_CONFIG", None)
+    if config:
+        env["H3OPS_CONFIG"] = str(ROOT / Path(config).relative_to(IMAGE_ROOT))
     out = subprocess.run([sys.executable, "-c", _RENDER, str(ROOT / "dags")], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -111,7 +119,7 @@ def test_helm_sends_gpu_tasks_to_gpu_pods_and_cpu_tasks_to_its_celery_workers(va
     assert container["name"] == "base" and "worker-gpu" in container["image"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] >= 1
     assert f"gpu-task.yaml=infra/k8s/pod-template-gpu.yaml" in (INFRA / "k8s" / "values.yaml").read_text()
-    assert f"airflow pools set {names.GPU_POOL} " in (INFRA / "k8s" / "values.yaml").read_text()
+    # The pool exists: test_helm_creates_the_gpu_pool_with_the_slots_its_gpu_tasks_hold.
 
 
 def test_the_local_stack_keeps_gpu_tasks_on_its_own_executor():
@@ -133,3 +141,34 @@ def test_gpu_task_args_names_only_executors_the_deployment_runs():
     assert k8s["executor_config"] == {"pod_template_file": names.GPU_POD_TEMPLATE}
     with pytest.raises(ValueError, match="at least one slot"):
         gpu_task_args(0)
+
+
+def _pool_command(script: str) -> list[str]:
+    return shlex.split(script[script.index("airflow pools set"):])
+
+
+def test_helm_creates_the_gpu_pool_with_the_slots_its_gpu_tasks_hold(values, compose):
+    """The chart's migration job creates the `gpu` pool by compose's own command and variable, and
+    the slots it gets can run every GPU task of the DAGs as Helm renders them (a task holding more
+    slots than its pool has never starts)."""
+    job = values["migrateDatabaseJob"]
+    assert job.get("enabled", True) and job.get("applyCustomEnv", True)  # the job gets `env` below
+    assert job["args"][:2] == ["bash", "-c"], job["args"]
+    script = job["args"][2]
+    assert script.startswith("airflow db migrate &&") and "{{" not in script  # the chart tpl's args
+    init = " ".join(compose["services"]["airflow-init"]["command"]).replace("$$", "$")
+    command = _pool_command(script)
+    assert command == _pool_command(init), "Helm and compose create the gpu pool differently"
+    assert command[:5] == ["airflow", "pools", "set", names.GPU_POOL, "${GPU_SLOTS:-1}"], command
+
+    env = {e["name"]: e["value"] for e in values["env"]}
+    slots = int(env["GPU_SLOTS"])
+    tasks = render(values["executor"], values["config"]["operators"]["default_queue"], env["H3OPS_CONFIG"])
+    need = max(t["pool_slots"] for t in _gpu(tasks))
+    assert slots >= need, f"Helm's gpu pool gets {slots} slot(s); a GPU task holds {need}"
+    # Compose: the same variable, its default documented in .env.example.
+    example = dict(re.findall(r"^([A-Z0-9_]+)=(.*)$", (INFRA / "compose" / ".env.example").read_text(), re.M))
+    assert compose["services"]["airflow-init"]["environment"]["GPU_SLOTS"] == "${GPU_SLOTS:-1}"
+    compose_config = compose["x-airflow-env"]["H3OPS_CONFIG"].split(":-", 1)[1].rstrip("}")
+    compose_tasks = render(compose["x-airflow-env"]["AIRFLOW__CORE__EXECUTOR"], config=compose_config)
+    assert int(example["GPU_SLOTS"]) >= max(t["pool_slots"] for t in _gpu(compose_tasks))

@@ -87,8 +87,9 @@ def test_scheduler_runs_alignment_only_after_the_baseline_asset(tmp_path):
         procs.wait_for(lambda: len(sql(db, "SELECT 1 FROM dag JOIN serialized_dag USING (dag_id) WHERE "
                                            "dag.dag_id IN %s AND NOT is_paused", (WATCHED,))) == 2,
                        "project DAGs parsed", 240, started, every_s=1)
-        # New data for every dimension, as preference_ingest emits it.
-        emit("h3ops.preferences.helpfulness", "h3ops.preferences.honesty", "h3ops.preferences.harmlessness")
+        # New data: the one `h3ops.preferences` event of an ingest run (its `announce` task, after
+        # every validation; the per-dimension lineage events start nothing, tests/test_dags.py).
+        emit("h3ops.preferences")
         procs.wait_for(lambda: _runs(db).get("continual_dpo_baseline"), "baseline run", 120, started, every_s=1)
         # The scheduler consumed every queued event in that pass: nothing is left to start the loop.
         assert sql(db, "SELECT target_dag_id FROM asset_dag_run_queue") == []

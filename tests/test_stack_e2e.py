@@ -8,8 +8,9 @@ its REST API and reads the outcome through MLflow's REST API.
 
   20 files, with poison files and a symlink among them, land at once → preference_ingest (its
   scheduled run, started by unpausing it over REST) takes them all, each exactly once (the poison
-  quarantined, the link refused) → one asset event per dimension → continual_alignment triggered over REST → DPO on the `gpu` queue
-  per dimension → candidates, merge, evaluation, gate, promote → registry checked over REST.
+  quarantined, the link refused) → one `h3ops.preferences` event listing every dimension →
+  continual_alignment triggered over REST → DPO on the `gpu` queue per dimension → candidates,
+  merge, evaluation, gate, promote → registry checked over REST.
 
 Fault: while a DPO task is mid-training (it has saved a checkpoint, its output folder does not
 exist yet) the whole Celery worker process group gets SIGKILL, like a lost host. A new worker
@@ -24,20 +25,16 @@ keys are removed there too.
 from __future__ import annotations
 
 import json
-import os
-import random
-import subprocess
-import uuid
 from pathlib import Path
 
 import psutil
 import pytest
 
 from h3ops import names
-from infra.local import procs, stack
-from infra.local.airflow_api import AirflowAPI
-from tests.fixtures.celery_stack import AIRFLOW, PG, celery_env, clear_redis, drop_database, sql
-from tests.pipeline_helpers import DIMS, ROOT, tiny_config, write_pairs
+from infra.local import procs
+from plugins.assets import PREFERENCES
+from tests.fixtures.celery_stack import ProjectStack, project_stack
+from tests.pipeline_helpers import DIMS, tiny_config, write_pairs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -46,50 +43,21 @@ TERMINAL = {"success", "failed"}
 LANDED_FILES = 20
 
 
-def _env(tmp: Path, db: str, redis_db: int, prefix: str, api_port: int, config: Path) -> dict[str, str]:
-    return celery_env(
-        tmp, db, redis_db, prefix, api_port,
-        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        # No conf and no Variable h3ops_config: every run reads its config from here (plugins/operators.py).
-        H3OPS_CONFIG=str(config),
-        OMP_NUM_THREADS="1",
-        AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
-        AIRFLOW__CORE__PLUGINS_FOLDER=str(ROOT / "plugins"),
-        AIRFLOW__CORE__PARALLELISM="4",
-        # Paused until the test says so: no asset-triggered runs race the REST-triggered one.
-        AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="True",
-        AIRFLOW__CELERY__WORKER_CONCURRENCY="2",
-        AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="30",
-        # A killed task is retried seconds later, not after the DAGs' two-minute retry delay.
-        H3OPS_RETRY_DELAY_S="2",
-    )
-
-
-def _get(api: AirflowAPI, path: str) -> dict:
-    status, body = api.request("GET", path)
-    assert status == 200, (path, status, body)
-    return body
-
-
-def _runs(api: AirflowAPI, dag_id: str) -> list[dict]:
-    return _get(api, f"/api/v2/dags/{dag_id}/dagRuns?limit=50")["dag_runs"]
-
-
-def _task_states(api: AirflowAPI, dag_id: str, run_id: str) -> dict[str, str]:
-    tis = _get(api, f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
+def _task_states(st: ProjectStack, dag_id: str, run_id: str) -> dict[str, str]:
+    tis = st.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
     return {(t["task_id"] if t["map_index"] < 0 else f"{t['task_id']}[{t['map_index']}]"): t["state"]
             for t in tis}
 
 
-def _xcom(api: AirflowAPI, dag_id: str, run_id: str, task_id: str):
-    body = _get(api, f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
+def _xcom(st: ProjectStack, dag_id: str, run_id: str, task_id: str):
+    body = st.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
                      "/xcomEntries/return_value?deserialize=true")
     value = body["value"]
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _finished(api: AirflowAPI, dag_id: str, run_id: str) -> dict | None:
-    run = _get(api, f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+def _finished(st: ProjectStack, dag_id: str, run_id: str) -> dict | None:
+    run = st.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
     return run if run["state"] in TERMINAL else None
 
 
@@ -141,59 +109,31 @@ def test_project_dags_on_celery_postgres_mlflow_s3(tmp_path, mlflow_server):
     (tmp_path / "landing" / "harmlessness" / "passwd.jsonl").symlink_to("/etc/passwd")
     extra = {d: len(poison[d]) + (d == "harmlessness") for d in DIMS}
 
-    db = f"h3ops_stack_e2e_{uuid.uuid4().hex[:10]}"
-    redis_db = random.randint(1, 15)
-    prefix = f"h3ops-e2e-{uuid.uuid4().hex[:8]}:"
-    api_port = procs.free_port()
-    env = _env(tmp_path, db, redis_db, prefix, api_port, cfg_path)
-    env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(tmp_path / "logs" / "tasks")
-    state, logs = tmp_path / "state", tmp_path / "logs"
-    started: list[procs.ProcRecord] = []
-
-    def start(name, *args):
-        rec = procs.start(name, [AIRFLOW, *args], env, state, logs, cwd=tmp_path)
-        started.append(rec)
-        return rec
-
-    stack.ensure_database(PG, db)
-    try:
-        subprocess.run([AIRFLOW, "db", "migrate"], env=env, cwd=tmp_path, check=True, timeout=240,
-                       capture_output=True)
-        def worker(name):
-            return start(name, "celery", "worker", "--queues", f"{names.DEFAULT_QUEUE},{names.GPU_QUEUE}",
-                         "--concurrency", "2", "--skip-serve-logs", "--without-mingle", "--without-gossip")
-
-        core = [start("api-server", "api-server"), start("scheduler", "scheduler"),
-                start("dag-processor", "dag-processor")]
-        first_worker = worker("worker-1")
-        watched = [*core, first_worker]
-        api = AirflowAPI(f"http://127.0.0.1:{api_port}")
-        procs.wait_for(lambda: api.health().get("metadatabase", {}).get("status") == "healthy",
-                       "api-server", 240, watched, every_s=1)
-        api.login("admin", "unused")  # all-admins mode hands out a token
-        # What `h3ops up` creates: the GPU pool (the DPO, merge and eval tasks need it) and the
-        # MLflow connection the tasks' MLflowHook reads.
-        api.set_pool(names.GPU_POOL, 2, "GPU work")
-        api.set_connection(names.MLFLOW_CONN_ID, "http", host=mlflow_server.url)
-        procs.wait_for(lambda: len(sql(db, "SELECT 1 FROM dag WHERE dag_id IN (%s, %s)", (INGEST, LOOP))) == 2,
-                       "project DAGs parsed", 240, watched, every_s=1)
+    with project_stack(tmp_path, "stack_e2e", cfg_path, mlflow_server.url, (INGEST, LOOP),
+                       AIRFLOW__CELERY__WORKER_CONCURRENCY="2",
+                       # A killed task is retried seconds later, not after the DAGs' two-minute retry delay.
+                       H3OPS_RETRY_DELAY_S="2") as st:
+        api, logs = st.api, tmp_path / "logs"
+        first_worker = st.worker("worker-1")
 
         # 1. Unpausing preference_ingest starts its scheduled run (catchup off: one run, now).
-        status, body = api.request("PATCH", f"/api/v2/dags/{INGEST}", {"is_paused": False})
-        assert status == 200, body
-        ingest_run = procs.wait_for(lambda: _runs(api, INGEST), "preference_ingest run created", 120,
-                                    watched, every_s=1)[0]["dag_run_id"]
-        run = procs.wait_for(lambda: _finished(api, INGEST, ingest_run), "preference_ingest finished", 300,
-                             watched, every_s=2)
-        states = _task_states(api, INGEST, ingest_run)
+        st.set_paused(INGEST, False)
+        ingest_run = st.wait_for(lambda: st.runs(INGEST), "preference_ingest run created", 120)[0]["dag_run_id"]
+        run = st.wait_for(lambda: _finished(st, INGEST, ingest_run), "preference_ingest finished", 300,
+                          every_s=2)
+        states = _task_states(st, INGEST, ingest_run)
         assert run["state"] == "success", (states, _log_tails(logs))
         assert {f"validate[{i}]" for i in range(3)} <= set(states), states
         # Pause it again: a second scheduled run would only sit in a worker slot waiting for files.
-        api.request("PATCH", f"/api/v2/dags/{INGEST}", {"is_paused": True})
-        events = _get(api, f"/api/v2/assets/events?source_dag_id={INGEST}&limit=50")["asset_events"]
+        st.set_paused(INGEST, True)
+        events = st.get(f"/api/v2/assets/events?source_dag_id={INGEST}&limit=50")["asset_events"]
         events = [e for e in events if e.get("source_run_id") == ingest_run]
+        # One lineage event per dimension and the run's one scheduling event listing them all.
+        (combined,) = [e for e in events if e["uri"] == PREFERENCES.uri]
+        events = [e for e in events if e is not combined]
         assert sorted(e["uri"] for e in events) == sorted(f"h3ops://preferences/{d}" for d in DIMS), events
         digests = {e["extra"]["dimension"]: e["extra"]["digest"] for e in events}
+        assert {d: v["digest"] for d, v in combined["extra"]["dimensions"].items()} == digests
         # One run took the whole burst, every file exactly once: all rows are in, none is left new.
         for e in events:
             d = e["extra"]["dimension"]
@@ -203,20 +143,19 @@ def test_project_dags_on_celery_postgres_mlflow_s3(tmp_path, mlflow_server):
             assert built["rows"] + built["eval_rows"] == 4 * landed[d], built  # train + held-out eval
             assert len(built["quarantined"]) + len(built["refused"]) == extra[d], built
         assert all(new_files(cfg, d) == [] for d in DIMS)
-        assert [r["dag_run_id"] for r in _runs(api, INGEST)] == [ingest_run]
+        assert [r["dag_run_id"] for r in st.runs(INGEST)] == [ingest_run]
         assert all(v.startswith("sha256:") for v in digests.values())
 
         # 2. continual_alignment, triggered over REST with the run's config as conf.
-        status, body = api.request("PATCH", f"/api/v2/dags/{LOOP}", {"is_paused": False})
-        assert status == 200, body
+        st.set_paused(LOOP, False)
         status, body = api.request("POST", f"/api/v2/dags/{LOOP}/dagRuns",
                                    {"logical_date": None, "conf": {"config": str(cfg_path)}})
         assert status in (200, 201), body
         loop_run = body["dag_run_id"]
 
         # 3. SIGKILL the worker's whole process group while a DPO task is mid-training.
-        busy = procs.wait_for(lambda: _training_in_progress(tmp_path / "work"), "a DPO task mid-training",
-                              300, watched, every_s=0.2)
+        busy = st.wait_for(lambda: _training_in_progress(tmp_path / "work"), "a DPO task mid-training",
+                           300, every_s=0.2)
         doomed = procs.group_members(first_worker)
         for proc in doomed:
             proc.kill()
@@ -224,22 +163,23 @@ def test_project_dags_on_celery_postgres_mlflow_s3(tmp_path, mlflow_server):
         procs.stop(first_worker)  # reaps the leader
         # Killed before it could finish: its output folder never appeared.
         assert not [b for b in busy if (tmp_path / "work" / "candidates" / b).exists()], busy
-        watched = [*core, worker("worker-2")]
-        run = procs.wait_for(lambda: _finished(api, LOOP, loop_run), "continual_alignment finished", 420,
-                             watched, every_s=2)
-        states = _task_states(api, LOOP, loop_run)
+        st.watched.remove(first_worker)
+        st.worker("worker-2")
+        run = st.wait_for(lambda: _finished(st, LOOP, loop_run), "continual_alignment finished", 420,
+                          every_s=2)
+        states = _task_states(st, LOOP, loop_run)
         assert run["state"] == "success", (states, _log_tails(logs))
         assert set(states.values()) == {"success"}, states
         assert {f"train[{i}]" for i in range(3)} <= set(states)
-        tries = dict(sql(db, "SELECT map_index, try_number FROM task_instance WHERE run_id = %s "
+        tries = dict(st.sql("SELECT map_index, try_number FROM task_instance WHERE run_id = %s "
                               "AND task_id = 'train'", (loop_run,)))
         assert max(tries.values()) >= 2, tries  # the killed DPO task was retried, then succeeded
         for name in busy:  # and its retry resumed from the checkpoint the killed try had saved
             manifest = json.loads((tmp_path / "work" / "candidates" / name / "h3ops.json").read_text())
             assert manifest["parameters"]["resumed_from_step"] > 0, (name, manifest["parameters"])
         # The DPO and merge tasks ran on the gpu queue (the worker serves both queues).
-        gpu_tasks = sql(db, "SELECT DISTINCT task_id FROM task_instance WHERE run_id = %s AND queue = %s",
-                         (loop_run, names.GPU_QUEUE))
+        gpu_tasks = st.sql("SELECT DISTINCT task_id FROM task_instance WHERE run_id = %s AND queue = %s",
+                           (loop_run, names.GPU_QUEUE))
         assert {"train", "merge", "evaluate"} <= {t for (t,) in gpu_tasks}
 
         # 4. The registry, read through MLflow's REST API.
@@ -257,18 +197,12 @@ def test_project_dags_on_celery_postgres_mlflow_s3(tmp_path, mlflow_server):
         assert merged.tags["h3ops.base_digest"] == cands[0].tags["h3ops.base_digest"]
 
         merged_uri = f"models:/{merged_name}/{merged.version}"
-        decision = _xcom(api, LOOP, loop_run, "gate")
+        decision = _xcom(st, LOOP, loop_run, "gate")
         assert decision["candidate"] == merged_uri and isinstance(decision["passed"], bool), decision
-        promoted = _xcom(api, LOOP, loop_run, "promote")
+        promoted = _xcom(st, LOOP, loop_run, "promote")
         assert promoted["promoted"] is decision["passed"], (decision, promoted)
         aliases = client.get_registered_model(merged_name).aliases
         if decision["passed"]:
             assert str(aliases.get("production")) == str(merged.version), aliases
         else:
             assert "production" not in aliases, aliases
-    finally:
-        try:
-            procs.stop(started, grace_s=10)
-        finally:
-            clear_redis(redis_db, prefix)
-            drop_database(db)
