@@ -128,7 +128,6 @@ def worker(spec_path: str) -> None:
         # the weights in the policy's dtype for forward and backward: that is the compute dtype.
         policy = getattr(getattr(trainer.accelerator.state, "fsdp_plugin", None), "mixed_precision_policy", None)
         compute = getattr(policy, "param_dtype", None)
-        print(f"fsdp mixed precision policy: {policy!r}", flush=True)
         result["compute_dtype"] = str(compute).removeprefix("torch.") if compute else result["param_dtype"]
         import torch
 
