@@ -9,16 +9,20 @@ Specs (strings or mappings in the suite YAML):
   Hugging Face sequence classifier run with transformers on (question, answer) pairs. `path_env`
   names a variable that points at a local copy (a deployment's model folder, or a test's classifier);
   otherwise the pinned Hub revision is loaded (needs the Hub).
-- `{kind: md_judge, model: OpenSafetyLab/MD-Judge-v0.1, revision: SHA, policy: task, path_env: VAR,
-  base_url_env: VAR, backend: http|local}`: MD-Judge with its own template (evaluation.mdjudge), served
-  behind an OpenAI-compatible completions endpoint (`http`) or run locally with transformers
-  (`local`). Without `backend`: `http` when the variable named by `base_url_env` is set, else `local`.
+- `{kind: md_judge, version: v0.1|v0.2, model: HUB_ID, revision: SHA, policy: task, path_env: VAR,
+  base_url_env: VAR, backend: http|local, trust_remote_code: false}`: MD-Judge with its own template
+  (evaluation.mdjudge), served behind an OpenAI-compatible endpoint (`http`) or run locally with
+  transformers (`local`). Without `backend`: `http` when the variable named by `base_url_env` is set,
+  else `local`. v0.2 (InternLM2) ships its modelling code with the weights: loading it locally needs
+  `trust_remote_code: true`, which is refused with a Hub id unless `revision` is a full commit SHA,
+  so the code that runs is the code that was reviewed.
 
 Benchmark prompts for chat judges (`judge_prompt`) live in evaluation.judge_prompts.
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from evaluation import judge_prompts, mdjudge
@@ -31,8 +35,10 @@ def normalise(spec) -> dict:
         return {"kind": kind, **({"model": model} if model else {})}
     if isinstance(spec, dict) and "kind" in spec:
         if spec["kind"] == "md_judge":
-            if spec.get("policy", "task") not in mdjudge.POLICIES:
-                raise ValueError(f"MD-Judge policy {spec['policy']!r}: one of {sorted(mdjudge.POLICIES)}")
+            mdjudge.prompt("", "", spec.get("policy", "task"), spec.get("version", "v0.1"))  # names a bad policy/version
+            if spec.get("trust_remote_code") and not re.fullmatch(r"[0-9a-f]{40}", str(spec.get("revision", ""))):
+                raise ValueError(f"MD-Judge spec {spec}: trust_remote_code runs the Hub's code, so `revision` must "
+                                 "be a full 40-character commit SHA")
             if spec.get("backend") not in (None, "http", "local"):
                 raise ValueError(f"MD-Judge backend {spec['backend']!r}: http or local")
         return dict(spec)
@@ -130,7 +136,9 @@ def md_judge(spec: dict):
     if backend == "http":
         if not spec.get("base_url_env"):
             raise JudgeError(f"MD-Judge spec {spec}: backend http needs base_url_env (the variable naming the URL)")
-        return mdjudge.MDJudgeHTTP(endpoint(spec), spec.get("policy", "task"), int(spec.get("max_new_tokens", 32)))
+        tokens = spec.get("max_new_tokens")
+        return mdjudge.MDJudgeHTTP(endpoint(spec), spec.get("policy", "task"), int(tokens) if tokens else None,
+                                   spec.get("version", "v0.1"))
     return mdjudge.MDJudgeLocal(spec)
 
 
