@@ -35,7 +35,7 @@ def normalise(spec) -> dict:
         return {"kind": kind, **({"model": model} if model else {})}
     if isinstance(spec, dict) and "kind" in spec:
         if spec["kind"] == "md_judge":
-            mdjudge.prompt("", "", spec.get("policy", "task"), spec.get("version", "v0.1"))  # names a bad policy/version
+            mdjudge.check(spec.get("policy", "task"), spec.get("version", "v0.1"))
             if spec.get("trust_remote_code") and not re.fullmatch(r"[0-9a-f]{40}", str(spec.get("revision", ""))):
                 raise ValueError(f"MD-Judge spec {spec}: trust_remote_code runs the Hub's code, so `revision` must "
                                  "be a full 40-character commit SHA")
